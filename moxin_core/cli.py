@@ -1,0 +1,257 @@
+"""The ``moxin`` command line. Each verb is a thin call into a typed function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from moxin_core.errors import MoxinError
+
+
+def _registry():
+    from moxin_core.plugins import Registry
+
+    return Registry()
+
+
+# ----------------------------------------------------------------------------- listing verbs
+
+
+def list_plugins() -> list[dict[str, Any]]:
+    from moxin_core.plugins import describe_plugins, get_plugin_manager
+
+    return describe_plugins(get_plugin_manager())
+
+
+def list_models() -> list[dict[str, Any]]:
+    from moxin_core.presets import count_parameters
+
+    registry = _registry()
+    entries = []
+    for name, factory in registry.category("models").items():
+        config = factory()
+        entries.append({"name": name, "parameters": count_parameters(config),
+                        "config": config.to_dict()})
+    return entries
+
+
+def list_variants() -> list[dict[str, Any]]:
+    registry = _registry()
+    entries = []
+    for name, factory in registry.category("variants").items():
+        variant = factory()
+        entries.append({"name": name, "description": variant.description,
+                        "tokenizer": variant.tokenizer,
+                        "stages": [stage.summary() for stage in variant.stages]})
+    return entries
+
+
+def _print_plugins(entries: list[dict[str, Any]]) -> None:
+    for entry in entries:
+        status = f"FAILED: {entry['error']}" if entry["error"] else "ok"
+        print(f"{entry['name']}  ({entry['distribution']} {entry['version']})  {status}")
+        for category, names in entry["provides"].items():
+            print(f"    {category}: {', '.join(names)}")
+        others = [h for h in entry["hooks"] if not any(h.endswith(c) for c in entry["provides"])]
+        if others:
+            print(f"    hooks: {', '.join(others)}")
+
+
+def _print_models(entries: list[dict[str, Any]]) -> None:
+    print(f"{'name':<14} {'parameters':>15}  layers  hidden  heads/kv  vocab  max_pos")
+    for e in entries:
+        c = e["config"]
+        print(f"{e['name']:<14} {e['parameters']:>15,}  {c.get('num_hidden_layers', '?'):>6}  "
+              f"{c.get('hidden_size', '?'):>6}  {c.get('num_attention_heads', '?'):>5}/"
+              f"{c.get('num_key_value_heads', '?'):<2}  {c.get('vocab_size', '?'):>5}  "
+              f"{c.get('max_position_embeddings', '?')}")
+
+
+def _print_variants(entries: list[dict[str, Any]]) -> None:
+    for e in entries:
+        print(f"{e['name']}: {e['description']}")
+        for i, s in enumerate(e["stages"], 1):
+            hp = s["hyper_parameters"]
+            sources = ", ".join(f"{d['source']}({d.get('path', d.get('seed', ''))})x{d['weight']}"
+                                for d in s["data_sources"])
+            print(f"  {i}. {s['name']}: {s['objective']} from {s['model']} on {sources}; "
+                  f"seq_len {hp['seq_len']}, batch {hp['global_batch']}, lr {hp['lr']}, "
+                  f"{hp['max_steps']} steps")
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def tokenizer_train(corpus: Sequence[str], vocab_size: int, out: str,
+                    text_field: str = "text") -> Path:
+    """Train a tokenizer on files/globs, or on the embedded corpus (``embedded``)."""
+    from moxin_core.data.sources import EmbeddedCorpus, Files
+    from moxin_core.tokenizer import train_tokenizer
+
+    def texts():
+        for spec in corpus:
+            source = EmbeddedCorpus() if spec == "embedded" else Files(spec)
+            for record, _ in source.iter_from(None):
+                if text_field not in record:
+                    fields = ", ".join(k for k in record if not k.startswith("__"))
+                    raise MoxinError(f"{record.get('__origin__')}: no field {text_field!r} "
+                                     f"(fields present: {fields}); pass --text-field.")
+                yield record[text_field]
+
+    for spec in corpus:  # resolve paths up-front so a typo fails before training starts
+        if spec != "embedded":
+            Files(spec)
+    return train_tokenizer(texts(), vocab_size, out)
+
+
+# ----------------------------------------------------------------------------- generate
+
+
+def generate(model: str, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
+             chat: bool = False) -> str:
+    """Complete ``prompt`` with a stage folder or HF folder (greedy when temperature is 0)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from moxin_core.export_hf import resolve_model_folder
+    from moxin_core.tokenizer import load_tokenizer
+
+    if max_new_tokens <= 0:
+        raise MoxinError(f"--max-new-tokens must be positive, got {max_new_tokens}.")
+    folder = resolve_model_folder(model)
+    tokenizer = load_tokenizer(folder)
+    network = AutoModelForCausalLM.from_pretrained(folder)
+    network.eval()
+    if chat:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                            add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=0.95)
+    else:
+        kwargs.update(do_sample=False)
+    with torch.no_grad():
+        output = network.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    return tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moxin", description="Train, export and run the Moxin "
+                                     "model family with plugins.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    for verb, helptext in (("plugins", "list installed plugins and what they provide"),
+                           ("models", "list model presets with exact parameter counts"),
+                           ("variants", "list variants and their stages")):
+        p = sub.add_parser(verb, help=helptext)
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    tok = sub.add_parser("tokenizer", help="tokenizer tools")
+    tok_sub = tok.add_subparsers(dest="tokenizer_verb", required=True, metavar="ACTION")
+    train_tok = tok_sub.add_parser("train", help="train a SentencePiece BPE tokenizer")
+    train_tok.add_argument("--corpus", nargs="+", required=True,
+                           help="text/JSONL/Parquet files or globs, or 'embedded'")
+    train_tok.add_argument("--vocab-size", type=int, required=True)
+    train_tok.add_argument("--out", required=True)
+    train_tok.add_argument("--text-field", default="text")
+
+    train = sub.add_parser("train", help="run a variant's stages")
+    train.add_argument("variant")
+    train.add_argument("--out", required=True, help="run folder (one subfolder per stage)")
+    train.add_argument("--stage", help="run only this stage")
+    train.add_argument("--max-steps", type=int, help="override max_steps of every stage")
+    train.add_argument("--config", help="YAML file of settings")
+    train.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting (KEY or STAGE.KEY); repeatable")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the last checkpoint in --out")
+
+    export = sub.add_parser("export", help="export a trained model")
+    export.add_argument("model", help="stage folder or HF folder")
+    export.add_argument("--format", default="hf")
+    export.add_argument("--out", required=True)
+    export.add_argument("--force", action="store_true", help="replace an existing output")
+
+    demo = sub.add_parser("demo", help="tokenizer, tiny pretraining, export and a sample")
+    demo.add_argument("--out", default="runs/demo", help="run folder (replaced)")
+
+    for verb in ("generate",):
+        gen = sub.add_parser(verb, help="complete a prompt")
+        gen.add_argument("model", help="stage folder or HF folder")
+        gen.add_argument("--prompt", required=True)
+        gen.add_argument("--max-new-tokens", type=int, default=64)
+        gen.add_argument("--temperature", type=float, default=0.0)
+        gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.verb in ("plugins", "models", "variants"):
+        entries = {"plugins": list_plugins, "models": list_models, "variants": list_variants}[args.verb]()
+        if args.json:
+            print(json.dumps(entries, indent=2, default=str))
+        else:
+            {"plugins": _print_plugins, "models": _print_models,
+             "variants": _print_variants}[args.verb](entries)
+        return 0
+    if args.verb == "tokenizer":
+        out = tokenizer_train(args.corpus, args.vocab_size, args.out, args.text_field)
+        print(f"Tokenizer written to {out}")
+        return 0
+    if args.verb == "train":
+        from moxin_core.train import train_variant
+
+        results = train_variant(args.variant, args.out, stage=args.stage, max_steps=args.max_steps,
+                                config=args.config, sets=args.sets, resume=args.resume)
+        for r in results:
+            note = " (already complete)" if r.skipped else ""
+            loss = (f"loss {r.first_loss:.3f} -> {r.last_loss:.3f}" if r.first_loss is not None
+                    else "no loss logged")
+            print(f"stage {r.name}{note}: {r.steps} steps, {loss}, "
+                  f"{r.tokens_per_second:,.0f} tokens/s -> {r.out_dir}")
+        return 0
+    if args.verb == "export":
+        registry = _registry()
+        exporter = registry.get("exporters", args.format)()
+        path = exporter(args.model, args.out, force=args.force)
+        print(f"Exported {args.model} as {args.format} to {path}")
+        return 0
+    if args.verb == "demo":
+        from moxin_core.demo import run_demo
+
+        run_demo(args.out)
+        return 0
+    if args.verb == "generate":
+        print(generate(args.model, args.prompt, args.max_new_tokens, args.temperature, args.chat))
+        return 0
+    raise AssertionError(args.verb)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except MoxinError as exc:
+        print(f"moxin: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moxin: interrupted", file=sys.stderr)
+        return 130
+    except FloatingPointError as exc:
+        print(f"moxin: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: record sources, the embedded generated corpus, tokenise-and-pack, the Lightning datamodule."""

@@ -1,0 +1,342 @@
+"""Data sources: streams of record dicts that can say exactly where they are.
+
+A source never loads a whole data set: ``iter_from(position)`` opens the stream at a position
+(``None`` = the start) and yields ``(record, position_after_record)`` pairs, so a consumer can save
+the position of the last record it used and reopen the stream right after it. Positions are small
+JSON-able values (a record index, a file index and byte offset). Every record carries
+``"__origin__"`` (``"file.jsonl:12"``), used by error messages downstream.
+
+Sources are registered by name through the ``moxin_data_sources`` hook; built-ins: ``embedded``,
+``files`` and ``hf_dataset``. ``Mixture`` interleaves weighted sources deterministically.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moxin_core.data import corpus
+from moxin_core.errors import MoxinError
+
+ORIGIN = "__origin__"
+Position = Any
+
+
+class DataSource(ABC):
+    """A deterministic, resumable stream of records (one epoch per ``iter_from(None)``)."""
+
+    name: str = "source"
+
+    @abstractmethod
+    def iter_from(self, position: Position | None) -> Iterator[tuple[dict, Position]]:
+        """Yield ``(record, position_after_record)`` starting at ``position`` (``None``: start)."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A short hash identifying what this source reads (options and file sizes/mtimes)."""
+
+    def describe(self) -> str:
+        return self.name
+
+
+def select_text(record: dict, text_field: str | None) -> dict:
+    """Expose ``record[text_field]`` as ``record["text"]`` (sources name their text differently:
+    the-stack uses ``content``); a missing field is an error naming the fields present."""
+    if text_field is None or text_field == "text":
+        return record
+    if text_field not in record:
+        fields = ", ".join(k for k in record if k != ORIGIN) or "(none)"
+        raise MoxinError(f"{record.get(ORIGIN, 'a record')}: no field {text_field!r} (fields "
+                         f"present: {fields}). Set the source's `text_field` option.")
+    record["text"] = record[text_field]
+    return record
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class EmbeddedCorpus(DataSource):
+    """The project's generated corpus (prose, arithmetic word problems, code snippets).
+
+    Byte-identical on every machine for a given ``seed`` and ``num_documents``; document ``i``
+    depends only on ``(seed, i, mix)``, so reopening at a position costs nothing.
+    """
+
+    name = "embedded"
+
+    def __init__(self, seed: int = 0, num_documents: int = 20000,
+                 mix: dict[str, float] | None = None) -> None:
+        if num_documents <= 0:
+            raise MoxinError(f"embedded: num_documents must be positive, got {num_documents}.")
+        try:
+            corpus.iter_corpus(seed, 0, mix)  # validates the mix
+            next(iter(corpus.iter_corpus(seed, 1, mix)))
+        except ValueError as exc:
+            raise MoxinError(f"embedded: {exc}") from None
+        self.seed, self.num_documents, self.mix = seed, num_documents, mix
+
+    def iter_from(self, position: int | None) -> Iterator[tuple[dict, int]]:
+        start = position or 0
+        for record in corpus.iter_corpus(self.seed, self.num_documents, self.mix, start=start):
+            record[ORIGIN] = f"embedded[seed={self.seed}]:{record['id']}"
+            yield record, record["id"] + 1
+
+    def fingerprint(self) -> str:
+        return _hash("embedded", self.seed, self.num_documents, self.mix)
+
+    def describe(self) -> str:
+        return f"embedded(seed={self.seed}, num_documents={self.num_documents})"
+
+
+_TEXT_SUFFIXES = (".txt", ".md")
+_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+_PARQUET_SUFFIXES = (".parquet",)
+
+
+class Files(DataSource):
+    """Local text, JSONL or Parquet files given as paths or glob patterns.
+
+    ``.txt``/``.md`` files are split into documents at blank lines and yield ``{"text": ...}``;
+    ``.jsonl`` yields one record per line; ``.parquet`` one record per row. Files are read in sorted
+    path order, a stream at a time.
+    """
+
+    name = "files"
+
+    def __init__(self, paths: str | Sequence[str], text_field: str | None = None) -> None:
+        self.text_field = text_field
+        patterns = [paths] if isinstance(paths, str) else list(paths)
+        if not patterns:
+            raise MoxinError("files: give at least one path or glob pattern in `paths`.")
+        files: list[Path] = []
+        for pattern in patterns:
+            expanded = os.path.expanduser(str(pattern))
+            matches = sorted(glob.glob(expanded, recursive=True))
+            if not matches:
+                raise MoxinError(f"files: {pattern!r} matches no file (looked for {expanded!r} "
+                                 f"from {os.getcwd()}). Check the path or the glob pattern.")
+            for match in matches:
+                path = Path(match)
+                if path.is_dir():
+                    raise MoxinError(f"files: {match!r} is a folder; give files or a glob such as "
+                                     f"'{match}/*.jsonl', or use the hf_dataset source.")
+                if not path.name.endswith(_TEXT_SUFFIXES + _JSONL_SUFFIXES + _PARQUET_SUFFIXES):
+                    raise MoxinError(f"files: {match!r} has an unsupported extension; moxin reads "
+                                     ".txt, .md, .jsonl, .json (one object per line) and .parquet.")
+                files.append(path)
+        self.files = files
+
+    def iter_from(self, position: list | None) -> Iterator[tuple[dict, list]]:
+        file_index, offset, line_no = position or (0, 0, 0)
+        for index in range(file_index, len(self.files)):
+            path = self.files[index]
+            start_offset, start_line = (offset, line_no) if index == file_index else (0, 0)
+            if path.name.endswith(_PARQUET_SUFFIXES):
+                reader = self._parquet(path, start_line)
+            elif path.name.endswith(_JSONL_SUFFIXES):
+                reader = self._jsonl(path, start_offset, start_line)
+            else:
+                reader = self._text(path, start_offset, start_line)
+            for record, next_offset, next_line in reader:
+                yield select_text(record, self.text_field), [index, next_offset, next_line]
+
+    @staticmethod
+    def _jsonl(path: Path, offset: int, line_no: int) -> Iterator[tuple[dict, int, int]]:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            for raw in handle:
+                line_no += 1
+                offset += len(raw)
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise MoxinError(f"{path}:{line_no}: malformed JSON line ({exc}). Fix or remove "
+                                     "the line; every line of a .jsonl file must be one JSON "
+                                     "object.") from None
+                if not isinstance(record, dict):
+                    raise MoxinError(f"{path}:{line_no}: expected a JSON object, got "
+                                     f"{type(record).__name__}.")
+                record[ORIGIN] = f"{path}:{line_no}"
+                yield record, offset, line_no
+
+    @staticmethod
+    def _text(path: Path, offset: int, line_no: int) -> Iterator[tuple[dict, int, int]]:
+        lines: list[str] = []
+        first = line_no + 1
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            for raw in handle:
+                line_no += 1
+                offset += len(raw)
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise MoxinError(f"{path}:{line_no}: not valid UTF-8 ({exc}).") from None
+                if line.strip():
+                    if not lines:
+                        first = line_no
+                    lines.append(line)
+                elif lines:
+                    yield {"text": "".join(lines).rstrip("\n"), ORIGIN: f"{path}:{first}"}, offset, line_no
+                    lines = []
+        if lines:
+            yield {"text": "".join(lines).rstrip("\n"), ORIGIN: f"{path}:{first}"}, offset, line_no
+
+    @staticmethod
+    def _parquet(path: Path, row: int) -> Iterator[tuple[dict, int, int]]:
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as exc:
+            raise MoxinError(f"{path}: cannot read as Parquet ({exc}).") from None
+        seen = 0  # rows before the current batch
+        for batch in parquet.iter_batches(batch_size=1024):
+            if seen + batch.num_rows > row:
+                for index, record in enumerate(batch.to_pylist(), start=seen):
+                    if index >= row:
+                        record[ORIGIN] = f"{path}:row {index + 1}"
+                        yield record, 0, index + 1
+            seen += batch.num_rows
+
+    def fingerprint(self) -> str:
+        stats = [(str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in self.files]
+        return _hash("files", stats)
+
+    def describe(self) -> str:
+        return f"files({len(self.files)} files: {', '.join(str(p) for p in self.files[:3])}" + (
+            ", ...)" if len(self.files) > 3 else ")")
+
+
+class HFDataset(DataSource):
+    """Any ``datasets.load_dataset`` path (local folder, builder name or hub id), streamed.
+
+    The position is the number of records consumed; resuming skips that many records of the
+    stream (``IterableDataset.skip``).
+    """
+
+    name = "hf_dataset"
+
+    def __init__(self, path: str, name: str | None = None, split: str = "train",
+                 data_files: Any = None, revision: str | None = None,
+                 text_field: str | None = None) -> None:
+        self.text_field = text_field
+        self.path, self.config_name, self.split = path, name, split
+        self.data_files, self.revision = data_files, revision
+        self._dataset = None
+
+    def _load(self):
+        if self._dataset is None:
+            import datasets
+
+            try:
+                self._dataset = datasets.load_dataset(
+                    self.path, self.config_name, split=self.split, data_files=self.data_files,
+                    revision=self.revision, streaming=True)
+            except Exception as exc:
+                raise MoxinError(
+                    f"hf_dataset: could not load {self.path!r} (split {self.split!r}): "
+                    f"{type(exc).__name__}: {exc}. Give a local folder, a builder name with "
+                    "data_files, or a hub id reachable from this machine.") from None
+        return self._dataset
+
+    def iter_from(self, position: int | None) -> Iterator[tuple[dict, int]]:
+        dataset = self._load()
+        start = position or 0
+        if start:
+            dataset = dataset.skip(start)
+        for index, record in enumerate(dataset, start=start):
+            record = dict(record)
+            record[ORIGIN] = f"{self.path}[{self.split}]:{index}"
+            yield select_text(record, self.text_field), index + 1
+
+    def fingerprint(self) -> str:
+        local = Path(self.path)
+        stats = ([(str(p), p.stat().st_size) for p in sorted(local.rglob("*")) if p.is_file()]
+                 if local.is_dir() else [])
+        return _hash("hf_dataset", self.path, self.config_name, self.split, self.data_files,
+                     self.revision, stats)
+
+    def describe(self) -> str:
+        return f"hf_dataset({self.path}, split={self.split})"
+
+
+BUILTIN_SOURCES = {"embedded": EmbeddedCorpus, "files": Files, "hf_dataset": HFDataset}
+
+
+@dataclass
+class WeightedSource:
+    source: DataSource
+    weight: float
+
+
+class Mixture:
+    """Deterministic weighted interleaving of sources, restarting each source when it runs out.
+
+    At every draw a source is chosen with probability proportional to its weight (the recipe mixes
+    SlimPajama, DCLM-baseline and the-stack-dedup this way). ``state_dict()`` after a record is
+    enough to reopen the stream right after it.
+    """
+
+    def __init__(self, sources: Sequence[WeightedSource], seed: int = 0) -> None:
+        if not sources:
+            raise MoxinError("A stage needs at least one data source.")
+        for item in sources:
+            if not item.weight > 0:
+                raise MoxinError(f"Data source {item.source.describe()} has weight {item.weight}; "
+                                 "weights must be positive numbers.")
+        self.sources = list(sources)
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._positions: list[Position | None] = [None] * len(self.sources)
+        self._epochs = [0] * len(self.sources)
+        self._iters: list[Iterator | None] = [None] * len(self.sources)
+
+    def state_dict(self) -> dict:
+        return {"rng": self._rng.getstate(), "positions": list(self._positions),
+                "epochs": list(self._epochs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._rng.setstate(state["rng"])
+        self._positions = list(state["positions"])
+        self._epochs = list(state["epochs"])
+        self._iters = [None] * len(self.sources)
+
+    def fingerprint(self) -> str:
+        return _hash("mixture", self.seed,
+                     [(s.source.fingerprint(), s.weight) for s in self.sources])
+
+    def _next_from(self, index: int) -> dict:
+        for attempt in range(2):
+            if self._iters[index] is None:
+                self._iters[index] = self.sources[index].source.iter_from(self._positions[index])
+            try:
+                record, self._positions[index] = next(self._iters[index])
+                return record
+            except StopIteration:
+                if attempt == 1 or self._positions[index] is None:
+                    raise MoxinError(f"Data source {self.sources[index].source.describe()} is "
+                                     "empty: it yielded no record. Check its files or "
+                                     "options.") from None
+                self._epochs[index] += 1
+                self._positions[index] = None
+                self._iters[index] = None
+        raise AssertionError("unreachable")
+
+    def __iter__(self) -> Iterator[dict]:
+        weights = [s.weight for s in self.sources]
+        indices = range(len(self.sources))
+        while True:
+            index = self._rng.choices(indices, weights)[0] if len(weights) > 1 else 0
+            yield self._next_from(index)

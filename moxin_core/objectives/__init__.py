@@ -1,0 +1,1 @@
+"""Training objectives. The LightningModule only calls an objective; the maths lives here."""

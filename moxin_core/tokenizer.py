@@ -1,0 +1,178 @@
+"""Train and load the Moxin-style SentencePiece tokenizer.
+
+Moxin (like Mistral) uses a SentencePiece BPE vocabulary with byte fallback and the special ids
+``<unk>``=0, ``<s>``=1, ``</s>``=2. ``train_tokenizer`` trains such a vocabulary on a corpus and saves
+a transformers tokenizer folder (``tokenizer.model``, ``tokenizer.json``, ``tokenizer_config.json``)
+that carries the Moxin chat template, so the folder loads with ``AutoTokenizer.from_pretrained`` and
+gives the same ids as ``sentencepiece`` itself.
+
+Two choices make ``decode(encode(x)) == x`` hold exactly: the normaliser is the identity (no NFKC,
+no whitespace folding: code keeps its tabs and runs of spaces), and no dummy prefix space is
+added, so leading spaces survive and sentencepiece and the transformers tokenizer agree on every
+input (the transformers Metaspace pre-tokeniser and sentencepiece disagree on leading spaces when a
+dummy prefix is used).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from moxin_core.errors import MoxinError
+
+#: Roles and markers of the Moxin chat format (DESIGN.md §2).
+CHAT_SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>")
+UNK, BOS, EOS = "<unk>", "<s>", "</s>"
+
+#: ``<|system|>\n{system}\n<|user|>\n{user}\n<|assistant|>\n{reply}<|endoftext|>``; turns repeat,
+#: separated by a newline after each ``<|endoftext|>`` (the Tulu 3 convention); the system turn is
+#: optional; the sequence starts with the BOS token like every pretraining document.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{{ '<|system|>\\n' + message['content'] + '\\n' }}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{ '<|user|>\\n' + message['content'] + '\\n' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{ '<|assistant|>\\n' + message['content'] + '<|endoftext|>' }}"
+    "{%- if not loop.last -%}{{ '\\n' }}{%- endif -%}"
+    "{%- else -%}"
+    "{{ raise_exception('Unknown chat role ' + message['role'] + '; use system, user or assistant') }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
+)
+
+#: Every byte needs a piece (byte fallback), plus the three control and the four chat symbols.
+BYTE_FALLBACK_MINIMUM = 256 + 3 + len(CHAT_SPECIAL_TOKENS)
+
+
+def _documents(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        if text:
+            yield text
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, *, seed_sentences: int = 2_000_000,
+                        num_threads: int = 2) -> bytes:
+    """Train a SentencePiece BPE model with byte fallback; returns the serialized model proto."""
+    import sentencepiece as spm
+
+    if vocab_size < BYTE_FALLBACK_MINIMUM + 1:
+        raise MoxinError(
+            f"Vocabulary size {vocab_size} is too small: byte fallback needs {256} byte pieces, "
+            f"plus <unk>, <s>, </s> and the {len(CHAT_SPECIAL_TOKENS)} chat markers "
+            f"({BYTE_FALLBACK_MINIMUM} in all), and at least one learned piece. Use "
+            f"--vocab-size {BYTE_FALLBACK_MINIMUM + 64} or more (moxin-tiny uses 4096).")
+    counting = _Counting(_documents(texts))
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=counting, model_writer=model, vocab_size=vocab_size,
+            model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            user_defined_symbols=list(CHAT_SPECIAL_TOKENS),
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
+            add_dummy_prefix=False, split_digits=True, allow_whitespace_only_pieces=True,
+            character_coverage=0.9995, max_sentence_length=1 << 16,
+            input_sentence_size=seed_sentences, shuffle_input_sentence=True,
+            num_threads=num_threads, minloglevel=2,
+        )
+    except RuntimeError as exc:
+        if counting.count == 0:
+            raise MoxinError("The tokenizer corpus is empty: no non-empty document was read. "
+                             "Point --corpus at files with text in them.") from None
+        message = str(exc)
+        if "Vocabulary size too high" in message:
+            limit = message.rsplit("<=", 1)[-1].strip(" .")
+            raise MoxinError(
+                f"The corpus ({counting.count} documents) is too small for a vocabulary of "
+                f"{vocab_size} pieces; sentencepiece can build at most {limit}. Use a smaller "
+                "--vocab-size or a larger corpus.") from None
+        if "Vocabulary size is smaller than required_chars" in message:
+            raise MoxinError(
+                f"Vocabulary size {vocab_size} is smaller than the number of distinct characters "
+                f"the corpus needs ({message.rsplit(' vs ', 1)[-1].strip(' .')}); raise "
+                "--vocab-size.") from None
+        raise MoxinError(f"sentencepiece failed to train: {message}") from None
+    if counting.count == 0:
+        raise MoxinError("The tokenizer corpus is empty: no non-empty document was read. "
+                         "Point --corpus at files with text in them.")
+    return model.getvalue()
+
+
+class _Counting:
+    """Iterator wrapper that counts what sentencepiece consumed (for error messages)."""
+
+    def __init__(self, it: Iterator[str]) -> None:
+        self.it, self.count = it, 0
+
+    def __iter__(self) -> _Counting:
+        return self
+
+    def __next__(self) -> str:
+        item = next(self.it)
+        self.count += 1
+        return item
+
+
+def save_tokenizer_folder(model_proto: bytes, out: str | Path) -> Path:
+    """Write a transformers tokenizer folder for a sentencepiece model carrying the chat template."""
+    from transformers import AutoTokenizer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as staging_dir:
+        staging = Path(staging_dir)
+        (staging / "tokenizer.model").write_bytes(model_proto)
+        config = {
+            "tokenizer_class": "LlamaTokenizer",
+            "bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": None,
+            "add_bos_token": True, "add_eos_token": False,
+            # no dummy prefix: matches how the sentencepiece model was trained (see module doc)
+            "add_prefix_space": False, "legacy": False,
+            "model_max_length": 32768,
+            "chat_template": CHAT_TEMPLATE,
+        }
+        (staging / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+        tokenizer = AutoTokenizer.from_pretrained(staging)
+        # special: skipped by decode(skip_special_tokens=True), never split inside text
+        tokenizer.add_special_tokens({"extra_special_tokens": list(CHAT_SPECIAL_TOKENS)})
+        tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer.save_pretrained(out)
+    # transformers writes tokenizer.json; llama.cpp/GGUF converters and sentencepiece need the model
+    (out / "tokenizer.model").write_bytes(model_proto)
+    return out
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | Path) -> Path:
+    """Train a Moxin-style tokenizer on ``texts`` and save it as a transformers folder at ``out``."""
+    return save_tokenizer_folder(train_sentencepiece(texts, vocab_size), out)
+
+
+def load_tokenizer(path: str | Path):
+    """Load a tokenizer folder (or hub id) with transformers; clear error when it is missing."""
+    from transformers import AutoTokenizer
+
+    local = Path(path).expanduser()
+    if str(path).startswith((".", "/", "~")) and not local.exists():
+        raise MoxinError(f"Tokenizer folder {str(path)!r} does not exist. Train one with "
+                         "`moxin tokenizer train --corpus embedded --vocab-size 4096 --out DIR`.")
+    try:
+        return AutoTokenizer.from_pretrained(local if local.exists() else str(path))
+    except Exception as exc:
+        raise MoxinError(f"Could not load a tokenizer from {str(path)!r}: "
+                         f"{type(exc).__name__}: {exc}") from None
+
+
+def copy_tokenizer_files(src: str | Path, dst: str | Path) -> None:
+    """Copy the tokenizer files of folder ``src`` into ``dst`` (used by exporters)."""
+    src, dst = Path(src), Path(dst)
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "chat_template.jinja"):
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)

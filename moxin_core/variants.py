@@ -1,0 +1,238 @@
+"""Variants: named, ordered recipes of stages. Data, not code paths.
+
+A stage names its objective, its data sources with weights, the model it starts from (a preset, an
+HF folder or hub id, or ``"previous"`` for the previous stage's result) and its hyper-parameters.
+``moxin train VARIANT`` resolves every name through the plugin registry and runs the stages in
+order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from moxin_core.errors import MoxinError
+
+PREVIOUS = "previous"
+
+
+@dataclass
+class DataSpec:
+    """One data source of a stage: registry name, mixture weight and factory options."""
+
+    source: str
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HyperParameters:
+    """Training hyper-parameters of one stage (the fields ``--set`` and ``--config`` can change)."""
+
+    max_steps: int = 100
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    seq_len: int = 256
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    schedule: str = "cosine"  # cosine | linear | constant
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    precision: str = "bf16-mixed"  # 32-true | bf16-mixed | 16-mixed | bf16-true
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp | deepspeed ...
+
+    def validate(self, where: str) -> None:
+        """Reject absurd values before any work starts; ``where`` names the stage."""
+        problems = []
+        positive = ("max_steps", "micro_batch_size", "grad_accum", "seq_len", "log_every",
+                    "checkpoint_every", "keep_checkpoints", "num_nodes")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            problems.append(f"lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            problems.append(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.grad_clip < 0:
+            problems.append(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
+        if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
+            problems.append(f"precision must be 32-true, bf16-mixed, 16-mixed or bf16-true, "
+                            f"got {self.precision!r}")
+        if problems:
+            raise MoxinError(f"Invalid hyper-parameters in {where}: " + "; ".join(problems) + ".")
+
+    @property
+    def total_warmup_steps(self) -> int:
+        return self.warmup_steps or int(round(self.warmup_ratio * self.max_steps))
+
+
+@dataclass
+class Stage:
+    """One training stage of a variant."""
+
+    name: str
+    objective: str
+    data: list[DataSpec]
+    model: str = PREVIOUS
+    tokenizer: str | None = None  # folder or hub id; None: the run's tokenizer / the model's
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    hparams: HyperParameters = field(default_factory=HyperParameters)
+    description: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """The key facts ``moxin variants`` shows."""
+        hp = self.hparams
+        return {
+            "name": self.name,
+            "objective": self.objective,
+            "data_sources": [{"source": d.source, "weight": d.weight, **d.options} for d in self.data],
+            "model": self.model,
+            "hyper_parameters": {
+                "max_steps": hp.max_steps, "seq_len": hp.seq_len,
+                "global_batch": hp.micro_batch_size * hp.grad_accum,
+                "lr": hp.lr, "schedule": hp.schedule, "precision": hp.precision,
+            },
+            "description": self.description,
+        }
+
+
+@dataclass
+class Variant:
+    """A named, ordered list of stages."""
+
+    name: str
+    stages: list[Stage]
+    description: str = ""
+    tokenizer: str | None = None  # default tokenizer for stages that name none
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise MoxinError(f"Variant {self.name!r} has no stage {name!r}; its stages are: "
+                         f"{', '.join(s.name for s in self.stages)}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides: --set key=value and --config FILE.yaml
+# ---------------------------------------------------------------------------------------------
+
+_HPARAM_FIELDS = {f.name: f for f in dataclasses.fields(HyperParameters)}
+
+
+def _coerce(key: str, raw: Any, current: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> None:
+    """Apply ``{key: value}`` to the variant's stages in place.
+
+    ``key`` is a hyper-parameter name (every stage), ``STAGE.key`` (one stage), or for stage fields
+    ``model``/``tokenizer``/``objective_options.X``. Unknown keys are errors listing valid ones.
+    """
+    stage_names = [s.name for s in variant.stages]
+    for key, raw in overrides.items():
+        targets = variant.stages
+        name = key
+        head, _, tail = key.partition(".")
+        if tail and head in stage_names:
+            targets, name = [variant.stage(head)], tail
+        for stage in targets:
+            if name in _HPARAM_FIELDS:
+                current = getattr(stage.hparams, name)
+                setattr(stage.hparams, name, _coerce(name, raw, current))
+            elif name in ("model", "tokenizer"):
+                setattr(stage, name, raw)
+            elif name == "data":
+                stage.data = _data_specs(raw, f"{where}: {key}")
+            elif name.startswith("objective_options."):
+                stage.objective_options[name.split(".", 1)[1]] = _coerce(name, raw, None)
+            else:
+                raise MoxinError(
+                    f"Unknown setting {key!r} in {where}. Settable: {', '.join(_HPARAM_FIELDS)}, "
+                    "model, tokenizer, objective_options.NAME; prefix with a stage name "
+                    f"({', '.join(stage_names)}) to change one stage only.")
+
+
+def _data_specs(raw: Any, where: str) -> list[DataSpec]:
+    """``[{source: NAME, weight: W, OPTION: VALUE, ...}]`` (a YAML string from ``--set`` too)."""
+    items = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items:
+        raise MoxinError(f"{where}: `data` must be a non-empty list of "
+                         "{source: NAME, weight: W, ...options}.")
+    specs = []
+    for item in items:
+        if not isinstance(item, dict) or "source" not in item:
+            raise MoxinError(f"{where}: each data entry needs a `source` name, got {item!r}.")
+        options = {k: v for k, v in item.items() if k not in ("source", "weight", "options")}
+        options.update(item.get("options") or {})
+        specs.append(DataSpec(item["source"], float(item.get("weight", 1.0)), options))
+    return specs
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML overrides file: ``{key: value}`` or ``{stages: {STAGE: {key: value}}}``."""
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise MoxinError(f"Config file {path!r} does not exist.") from None
+    except yaml.YAMLError as exc:
+        raise MoxinError(f"Config file {path!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise MoxinError(f"Config file {path!r} must hold a mapping of settings.")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "stages" and isinstance(value, dict):
+            for stage, settings in value.items():
+                for sub, subvalue in (settings or {}).items():
+                    if sub == "hparams" and isinstance(subvalue, dict):
+                        flat.update({f"{stage}.{k}": v for k, v in subvalue.items()})
+                    else:
+                        flat[f"{stage}.{sub}"] = subvalue
+        else:
+            flat[key] = value
+    return flat
+
+
+def stage_to_dict(stage: Stage) -> dict[str, Any]:
+    return dataclasses.asdict(stage)
+
+
+def stage_from_dict(data: dict[str, Any]) -> Stage:
+    data = dict(data)
+    data["data"] = [DataSpec(**d) for d in data["data"]]
+    data["hparams"] = HyperParameters(**data["hparams"])
+    return Stage(**data)

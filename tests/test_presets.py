@@ -1,0 +1,102 @@
+"""Model presets: the exact Moxin-7B config, counted on the meta device; tiny presets' ratios."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from moxin_core.errors import MoxinError
+from moxin_core.presets import BUILTIN_PRESETS, build_model, count_parameters
+from tests.conftest import assert_clean_error, run_cli
+
+MOXIN_7B = {
+    "model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-5, "sliding_window": 4096, "max_position_embeddings": 32768,
+    "vocab_size": 32000, "tie_word_embeddings": False, "hidden_act": "silu",
+    "bos_token_id": 1, "eos_token_id": 2,
+}
+
+
+def mistral_parameters(c: dict) -> int:
+    """Independent count from the architecture: embeddings, attention (GQA), SwiGLU, norms."""
+    hidden, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    head_dim = c.get("head_dim") or hidden // c["num_attention_heads"]
+    q = hidden * c["num_attention_heads"] * head_dim
+    kv = 2 * hidden * c["num_key_value_heads"] * head_dim
+    o = c["num_attention_heads"] * head_dim * hidden
+    mlp = 3 * hidden * inter
+    per_layer = q + kv + o + mlp + 2 * hidden
+    embeddings = c["vocab_size"] * hidden * (1 if c["tie_word_embeddings"] else 2)
+    return embeddings + layers * per_layer + hidden
+
+
+def test_models_json_reports_moxin_7b_exactly():
+    result = run_cli("models", "--json")
+    assert result.returncode == 0, result.stderr
+    entry = next(e for e in json.loads(result.stdout) if e["name"] == "moxin-7b")
+    config = entry["config"]
+    for key, value in MOXIN_7B.items():
+        assert config[key] == value, key
+    assert config.get("rope_parameters", {}).get("rope_theta", config.get("rope_theta")) == 10000.0
+    assert entry["parameters"] == mistral_parameters(config)
+    assert 8.0e9 < entry["parameters"] < 8.2e9
+
+
+def test_counting_7b_does_not_allocate_weights():
+    code = ("import resource; from moxin_core.presets import moxin_7b_config, count_parameters; "
+            "n = count_parameters(moxin_7b_config()); "
+            "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    count, max_rss_kib = map(int, out.stdout.split())
+    assert count > 8e9
+    assert max_rss_kib < 3 * 1024 * 1024, "fp32 weights would need 32 GB; meta needs none"
+
+
+@pytest.mark.parametrize("name", ["moxin-tiny", "moxin-nano"])
+def test_tiny_presets_keep_moxin_ratios(name):
+    config = BUILTIN_PRESETS[name]()
+    big = BUILTIN_PRESETS["moxin-7b"]()
+    assert config.num_attention_heads / config.num_key_value_heads == \
+        big.num_attention_heads / big.num_key_value_heads
+    assert config.intermediate_size / config.hidden_size == big.intermediate_size / big.hidden_size
+    assert config.max_position_embeddings / config.sliding_window == \
+        big.max_position_embeddings / big.sliding_window
+    assert config.tie_word_embeddings is False
+    assert config.bos_token_id == 1 and config.eos_token_id == 2
+
+
+def test_tiny_is_a_few_million_and_nano_is_smaller():
+    tiny = count_parameters(BUILTIN_PRESETS["moxin-tiny"]())
+    nano = count_parameters(BUILTIN_PRESETS["moxin-nano"]())
+    assert 2e6 < tiny < 10e6
+    assert nano < tiny / 10
+
+
+def test_local_checkpoint_loads_through_the_same_function(tmp_path, registry):
+    torch.manual_seed(0)
+    model = build_model("moxin-nano", registry)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = build_model(str(tmp_path / "ckpt"), registry)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_unknown_preset_is_a_clear_error(registry, tmp_path):
+    with pytest.raises(MoxinError, match="Unknown model preset 'moxin-3b'.*moxin-7b"):
+        build_model("moxin-3b", registry)
+    with pytest.raises(MoxinError, match="does not exist"):
+        build_model(str(tmp_path / "missing"), registry)
+
+
+def test_cli_unknown_preset_and_variant(tmp_path):
+    assert_clean_error(run_cli("train", "moxin-tiny-base", "--out", str(tmp_path / "r"),
+                               "--set", "model=moxin-3b"), "moxin-3b", "Known presets")
+    assert_clean_error(run_cli("train", "moxin-huge", "--out", str(tmp_path / "r")),
+                       "Unknown variant 'moxin-huge'", "moxin-tiny-base")
+    assert_clean_error(run_cli("export", str(tmp_path), "--format", "onnx", "--out",
+                               str(tmp_path / "e")), "Unknown exporter 'onnx'", "hf")
