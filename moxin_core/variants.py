@@ -148,11 +148,25 @@ _HPARAM_FIELDS = {f.name: f for f in dataclasses.fields(HyperParameters)}
 
 
 def _coerce(key: str, raw: Any, current: Any) -> Any:
+    """Parse a ``--set`` string as YAML, reading numbers such as ``3e-4`` as numbers."""
     if not isinstance(raw, str):
-        return raw
-    value = yaml.safe_load(raw) if raw != "" else ""
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = raw
+    else:
+        value = yaml.safe_load(raw) if raw != "" else ""
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+    if isinstance(current, bool) or current is None:
+        return value
+    if isinstance(current, (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    if isinstance(current, (int, float)) and not isinstance(value, (int, float)):
+        raise MoxinError(f"Setting {key!r} expects a number, got {raw!r}.")
     return value
 
 

@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 #: settings that shrink a `moxin-tiny-base` stage to a seconds-long CPU run
-NANO_SETS = ["model=moxin-nano", "seq_len=64", "micro_batch_size=4", "warmup_steps=2",
+NANO_SETS = ["pretrain-128.model=moxin-nano", "seq_len=64", "micro_batch_size=4", "warmup_steps=2",
              "checkpoint_every=2", "log_every=1"]
 
 

@@ -1,0 +1,195 @@
+"""`moxin train` end to end at nano scale: outputs, export, determinism, resume, hooks, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from moxin_core import hookimpl
+from moxin_core.errors import MoxinError
+from moxin_core.plugins import Registry, get_plugin_manager
+from moxin_core.reporting import sha256_file
+from moxin_core.train import train_variant
+from tests.conftest import NANO_SETS, assert_clean_error, run_cli
+
+STAGE = "pretrain-128"
+
+
+def nano_run(out: Path, tokenizer: Path, registry, *extra: str, steps: int = 6, **kwargs):
+    return train_variant("moxin-tiny-base", out, stage=STAGE, max_steps=steps,
+                         sets=[*NANO_SETS, f"tokenizer={tokenizer}", *extra], registry=registry,
+                         **kwargs)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, nano_tokenizer):
+    out = tmp_path_factory.mktemp("run")
+    results = nano_run(out, nano_tokenizer, Registry())
+    return out, results
+
+
+def test_stage_folder_holds_everything(finished):
+    out, results = finished
+    stage = out / STAGE
+    assert results[0].steps == 6 and results[0].tokens == 6 * 4 * 64
+    for name in ("config.yaml", "manifest.json", "metrics.csv", "loss.png", "model_config.json"):
+        assert (stage / name).is_file(), name
+    assert (stage / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = yaml.safe_load((stage / "config.yaml").read_text())
+    assert config["stage"]["hparams"]["seq_len"] == 64 and config["init"] == "moxin-nano"
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["seed"] == 0 and manifest["steps"] == 6
+    assert manifest["versions"]["torch"] == torch.__version__.split("+")[0] or manifest["versions"]["torch"]
+    assert manifest["checkpoint_sha256"] == sha256_file(stage / "hf" / "model.safetensors")
+    assert len(manifest["data"]["fingerprint"]) == 16
+    assert any(p["distribution"] == "moxin-core" for p in manifest["plugins"])
+    rows = (stage / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and "train/loss" in rows[0] and len(rows) == 7
+    checkpoints = sorted(p.name for p in (stage / "checkpoints").iterdir())
+    assert checkpoints == ["step=000004.ckpt", "step=000006.ckpt"]  # keep_checkpoints=2
+    assert (stage / "checkpoints" / "step=000006.ckpt" / "model.safetensors").is_file()
+    assert (stage / "tensorboard").is_dir()
+
+
+def test_hf_export_loads_without_moxin_and_matches_trained_weights(finished):
+    out, _ = finished
+    stage = out / STAGE
+    hf = stage / "hf"
+    assert {"config.json", "model.safetensors", "tokenizer.model", "tokenizer.json",
+            "tokenizer_config.json", "generation_config.json", "chat_template.jinja"} <= \
+        {p.name for p in hf.iterdir()}
+    code = f"""
+import sys, json
+sys.modules["moxin_core"] = None  # any import of moxin would fail
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained({str(hf)!r})
+model = AutoModelForCausalLM.from_pretrained({str(hf)!r}).eval()
+ids = tok("Question: Tom has 3 apples.", return_tensors="pt").input_ids
+with torch.no_grad():
+    print(json.dumps({{"ids": ids.tolist(), "logits": model(ids).logits[0, -1].tolist(),
+                       "chat": tok.apply_chat_template([{{"role": "user", "content": "hi"}}], tokenize=False)}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["chat"] == "<s><|user|>\nhi\n"
+    # the trained weights, as the final checkpoint holds them
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(stage / "model_config.json"))
+    weights = load_file(stage / "checkpoints" / "step=000006.ckpt" / "model.safetensors")
+    model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
+    with torch.no_grad():
+        logits = model.eval()(torch.tensor(loaded["ids"])).logits[0, -1]
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), logits, atol=1e-6, rtol=0)
+
+
+def test_same_seed_gives_identical_weights_other_seed_does_not(tmp_path, nano_tokenizer, finished):
+    reference = sha256_file(finished[0] / STAGE / "hf" / "model.safetensors")
+    nano_run(tmp_path / "again", nano_tokenizer, Registry())
+    assert sha256_file(tmp_path / "again" / STAGE / "hf" / "model.safetensors") == reference
+    nano_run(tmp_path / "seed1", nano_tokenizer, Registry(), "seed=1")
+    assert sha256_file(tmp_path / "seed1" / STAGE / "hf" / "model.safetensors") != reference
+
+
+def test_existing_run_is_never_overwritten_and_resume_skips_done_stage(finished, nano_tokenizer):
+    out, _ = finished
+    with pytest.raises(MoxinError, match="already holds a run.*--resume"):
+        nano_run(out, nano_tokenizer, Registry())
+    results = nano_run(out, nano_tokenizer, Registry(), resume=True)
+    assert results[0].skipped
+    with pytest.raises(MoxinError, match="settings differ.*lr"):
+        nano_run(out, nano_tokenizer, Registry(), "lr=0.5", resume=True)
+
+
+def test_plugin_callbacks_join_the_run(tmp_path, nano_tokenizer):
+    seen = {}
+
+    class Counter(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            seen["batches"] = seen.get("batches", 0) + 1
+
+    class CallbackPlugin:
+        @hookimpl
+        def moxin_callbacks(self, stage, out_dir):
+            seen["stage"], seen["out_dir"] = stage.name, out_dir
+            return [Counter()]
+
+    pm = get_plugin_manager()
+    pm.register_plugin(CallbackPlugin(), name="counter", distribution="test-counter")
+    nano_run(tmp_path, nano_tokenizer, Registry(pm), steps=3)
+    assert seen == {"stage": STAGE, "out_dir": tmp_path / STAGE, "batches": 3}
+
+
+def test_stages_chain_and_change_context_length(tmp_path, nano_tokenizer):
+    results = train_variant(
+        "moxin-tiny-base", tmp_path, max_steps=8, registry=Registry(),
+        sets=[*NANO_SETS, f"pretrain-128.tokenizer={nano_tokenizer}", "pretrain-128.seq_len=32",
+              "pretrain-256.seq_len=64", "enhance.seq_len=64", "lr=3e-3"])
+    assert [r.name for r in results] == ["pretrain-128", "pretrain-256", "enhance"]
+    config = yaml.safe_load((tmp_path / "pretrain-256" / "config.yaml").read_text())
+    assert config["init"] == str(tmp_path / "pretrain-128" / "hf")
+    assert config["stage"]["hparams"]["seq_len"] == 64
+    # the second stage starts from the first stage's weights, not from scratch
+    assert results[1].first_loss < results[0].first_loss - 0.3
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    (tmp_path / "good.jsonl").write_text('{"text": "a fine document"}\n' * 5)
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": "fine"}\n{oops}\n')
+    (tmp_path / "fields.jsonl").write_text('{"body": "x", "title": "y"}\n')
+    return tmp_path
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["data=[{source: files, paths: MISSING}]"], "matches no file"),
+    (["data=[{source: files, paths: DIR/empty.jsonl}]"], "empty"),
+    (["data=[{source: files, paths: DIR/broken.jsonl}]"], "broken.jsonl:3: malformed JSON"),
+    (["data=[{source: files, paths: DIR/fields.jsonl}]"], "no field 'text' (fields present: body, title)"),
+    (["lr=-0.001"], "lr must be a positive number"),
+    (["max_steps=0"], "max_steps must be a positive integer"),
+    (["seq_len=4096"], "exceeds the model's max_position_embeddings"),
+    (["data=[{source: nowhere}]"], "Unknown data source 'nowhere'"),
+    (["warmup=3"], "Unknown setting 'warmup'"),
+])
+def test_bad_input_fails_before_training(tmp_path, data_dir, nano_tokenizer, settings, message):
+    settings = [s.replace("MISSING", str(data_dir / "missing.jsonl")).replace("DIR", str(data_dir))
+                for s in settings]
+    steps = 0 if settings == ["max_steps=0"] else 6  # --max-steps wins over --set
+    with pytest.raises(MoxinError) as info:
+        nano_run(tmp_path / "run", nano_tokenizer, Registry(), *settings, steps=steps)
+    assert message in str(info.value)
+    assert not (tmp_path / "run" / STAGE / "checkpoints").exists()
+
+
+def test_cli_bad_input_is_one_paragraph(tmp_path, data_dir, nano_tokenizer):
+    result = run_cli("train", "moxin-tiny-base", "--out", str(tmp_path / "run"), "--stage", STAGE,
+                     *sum((["--set", s] for s in NANO_SETS), []), "--set", f"tokenizer={nano_tokenizer}",
+                     "--set", f"data=[{{source: files, paths: {data_dir / 'broken.jsonl'}}}]")
+    assert_clean_error(result, "broken.jsonl:3")
+
+
+def test_cli_export_and_generate(finished, tmp_path):
+    out, _ = finished
+    result = run_cli("export", str(out / STAGE), "--format", "hf", "--out", str(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "hf" / "tokenizer.model").exists()
+    again = run_cli("export", str(out / STAGE), "--format", "hf", "--out", str(tmp_path / "hf"))
+    assert_clean_error(again, "--force")
+    generated = run_cli("generate", str(tmp_path / "hf"), "--prompt", "Question:",
+                        "--max-new-tokens", "5")
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout.strip()
