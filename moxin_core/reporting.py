@@ -38,18 +38,22 @@ def package_versions(names: tuple[str, ...] = ("moxin-core", "torch", "lightning
     return versions
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
-    """Rows of a Lightning CSVLogger file, one per step (later rows for a step win: resumes)."""
+def read_metrics(*paths: str | os.PathLike) -> list[dict[str, float]]:
+    """Rows of Lightning CSVLogger files, one per step (later files win for a step: resumes)."""
     by_step: dict[int, dict[str, float]] = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if not row.get("step"):
-                continue
-            step = int(float(row["step"]))
-            merged = by_step.setdefault(step, {"step": step})
-            for key, value in row.items():
-                if key != "step" and value not in ("", None):
-                    merged[key] = float(value)
+    rows = []
+    for path in paths:
+        if Path(path).exists():
+            with open(path, newline="") as handle:
+                rows.extend(csv.DictReader(handle))
+    for row in rows:
+        if not row.get("step"):
+            continue
+        step = int(float(row["step"]))
+        merged = by_step.setdefault(step, {"step": step})
+        for key, value in row.items():
+            if key != "step" and value not in ("", None):
+                merged[key] = float(value)
     return [by_step[s] for s in sorted(by_step)]
 
 

@@ -219,6 +219,35 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
 
 
+class _DropTips(logging.Filter):
+    """Lightning advertises a cloud logger at every fit; moxin's output is about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # per-file load/save bars
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropTips())
+
+
+def _keep_previous_metrics(log_dir: Path) -> None:
+    """CSVLogger starts a fresh metrics.csv; keep the interrupted segment beside it."""
+    current = log_dir / "metrics.csv"
+    if current.exists():
+        segment = len(list(log_dir.glob("metrics-segment-*.csv")))
+        current.rename(log_dir / f"metrics-segment-{segment:03d}.csv")
+
+
+def _metric_files(log_dir: Path) -> list[Path]:
+    """Earlier segments first, so rows of the resumed run win for steps logged twice."""
+    return sorted(log_dir.glob("metrics-segment-*.csv")) + [log_dir / "metrics.csv"]
+
+
 def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
               tokenizer_dir: Path | str, registry: Registry, resume: bool = False) -> StageResult:
     """Train one stage; write config, checkpoints, metrics, plot, HF export and manifest."""
@@ -231,6 +260,7 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
                            previous["last_loss"], previous["tokens_per_second"],
                            previous["tokens"], previous["train_seconds"], skipped=True)
 
+    _quiet_libraries()
     tokenizer = load_tokenizer(tokenizer_dir)
     objective = build_objective(registry, stage.objective, stage.objective_options)
     datamodule = build_datamodule(registry, stage.data, objective, tokenizer, hp.seq_len,
@@ -275,10 +305,11 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
     ckpt_path = latest_checkpoint(checkpoint_dir) if resume else None
     if ckpt_path is not None:
         print(f"Resuming stage {stage.name!r} from {ckpt_path}")
+    _keep_previous_metrics(stage_dir / "logs")
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*on_train_batch_end.*callback.*")
+        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         last = latest_checkpoint(checkpoint_dir)
@@ -292,7 +323,7 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
 
     if trainer.is_global_zero:
         save_hf_folder(module.model, tokenizer, stage_dir / "hf", tokenizer_dir)
-    rows = read_metrics(stage_dir / "logs" / "metrics.csv")
+    rows = read_metrics(*_metric_files(stage_dir / "logs"))
     write_metrics_csv(rows, stage_dir / "metrics.csv")
     plot_loss(rows, stage_dir / "loss.png", f"{variant_name} / {stage.name}")
     losses = [r["train/loss"] for r in rows if "train/loss" in r]

@@ -47,3 +47,38 @@ def registry():
     from moxin_core.plugins import Registry
 
     return Registry()
+
+
+def hf_logits_without_moxin(hf_dir: Path, text: str) -> dict:
+    """Load ``hf_dir`` with plain transformers in a process where moxin cannot be imported."""
+    import json
+
+    code = f"""
+import sys, json
+sys.modules["moxin_core"] = None  # any import of moxin would fail
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained({str(hf_dir)!r})
+model = AutoModelForCausalLM.from_pretrained({str(hf_dir)!r}).eval()
+ids = tok({text!r}, return_tensors="pt").input_ids
+with torch.no_grad():
+    print(json.dumps({{"ids": ids.tolist(), "logits": model(ids).logits[0].tolist(),
+                       "chat": tok.apply_chat_template([{{"role": "user", "content": "hi"}}], tokenize=False)}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def checkpoint_logits(stage_dir: Path, ids: list) -> "torch.Tensor":
+    """Logits of the weights in the stage's newest checkpoint (what training produced)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from moxin_core.checkpointing import WEIGHTS, latest_checkpoint
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(stage_dir / "model_config.json"))
+    weights = load_file(latest_checkpoint(stage_dir / "checkpoints") / WEIGHTS)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
+    with torch.no_grad():
+        return model.eval()(torch.tensor(ids)).logits[0]

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from moxin_core import hookimpl
 from moxin_core.errors import MoxinError
 from moxin_core.plugins import Registry, get_plugin_manager
 from moxin_core.reporting import sha256_file
 from moxin_core.train import train_variant
-from tests.conftest import NANO_SETS, assert_clean_error, run_cli
+from tests.conftest import (NANO_SETS, assert_clean_error, checkpoint_logits,
+                            hf_logits_without_moxin, run_cli)
 
 STAGE = "pretrain-128"
 
@@ -66,29 +64,9 @@ def test_hf_export_loads_without_moxin_and_matches_trained_weights(finished):
     assert {"config.json", "model.safetensors", "tokenizer.model", "tokenizer.json",
             "tokenizer_config.json", "generation_config.json", "chat_template.jinja"} <= \
         {p.name for p in hf.iterdir()}
-    code = f"""
-import sys, json
-sys.modules["moxin_core"] = None  # any import of moxin would fail
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-tok = AutoTokenizer.from_pretrained({str(hf)!r})
-model = AutoModelForCausalLM.from_pretrained({str(hf)!r}).eval()
-ids = tok("Question: Tom has 3 apples.", return_tensors="pt").input_ids
-with torch.no_grad():
-    print(json.dumps({{"ids": ids.tolist(), "logits": model(ids).logits[0, -1].tolist(),
-                       "chat": tok.apply_chat_template([{{"role": "user", "content": "hi"}}], tokenize=False)}}))
-"""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded = hf_logits_without_moxin(hf, "Question: Tom has 3 apples.")
     assert loaded["chat"] == "<s><|user|>\nhi\n"
-    # the trained weights, as the final checkpoint holds them
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(stage / "model_config.json"))
-    weights = load_file(stage / "checkpoints" / "step=000006.ckpt" / "model.safetensors")
-    model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
-    with torch.no_grad():
-        logits = model.eval()(torch.tensor(loaded["ids"])).logits[0, -1]
+    logits = checkpoint_logits(stage, loaded["ids"])
     torch.testing.assert_close(torch.tensor(loaded["logits"]), logits, atol=1e-6, rtol=0)
 
 
