@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -84,7 +83,3 @@ class MoxinModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = checkpoint.get("moxin_tokens_seen", 0)
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))

@@ -53,7 +53,7 @@ def _tiny_hparams(**changes) -> HyperParameters:
     # on) bf16 matmuls are emulated and ~70x slower; see docs/benchmarks.md.
     base = dict(micro_batch_size=8, grad_accum=1, lr=2e-3, min_lr_ratio=0.1, schedule="cosine",
                 warmup_steps=10, weight_decay=0.1, grad_clip=1.0, precision="32-true",
-                checkpoint_every=25, keep_checkpoints=2, log_every=1, accelerator="cpu",
+                checkpoint_every=50, keep_checkpoints=2, log_every=1, accelerator="cpu",
                 devices=1, strategy="auto")
     base.update(changes)
     return HyperParameters(**base)
@@ -73,14 +73,14 @@ def moxin_tiny_base() -> Variant:
         tokenizer="embedded",
         stages=[
             Stage("pretrain-128", "lm", [TINY_TEXT], model="moxin-tiny",
-                  hparams=_tiny_hparams(seq_len=128, micro_batch_size=8, max_steps=100),
+                  hparams=_tiny_hparams(seq_len=128, micro_batch_size=8, max_steps=250),
                   description="Phase 1: embedded corpus at 128 tokens of context."),
             Stage("pretrain-256", "lm", [TINY_TEXT], model=PREVIOUS,
-                  hparams=_tiny_hparams(seq_len=256, micro_batch_size=4, max_steps=40, lr=1e-3,
+                  hparams=_tiny_hparams(seq_len=256, micro_batch_size=4, max_steps=80, lr=1e-3,
                                         warmup_steps=4),
                   description="Phase 2: the same corpus at 256 tokens of context."),
             Stage("enhance", "lm", [TINY_HIGH_QUALITY], model=PREVIOUS,
-                  hparams=_tiny_hparams(seq_len=256, micro_batch_size=4, max_steps=20, lr=5e-4,
+                  hparams=_tiny_hparams(seq_len=256, micro_batch_size=4, max_steps=40, lr=5e-4,
                                         warmup_steps=2),
                   description="Phase 3: capability enhancement on arithmetic and code."),
         ],

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -58,7 +57,7 @@ def _documents(texts: Iterable[str]) -> Iterator[str]:
             yield text
 
 
-def train_sentencepiece(texts: Iterable[str], vocab_size: int, *, seed_sentences: int = 2_000_000,
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, *, max_sentences: int = 2_000_000,
                         num_threads: int = 2) -> bytes:
     """Train a SentencePiece BPE model with byte fallback; returns the serialized model proto."""
     import sentencepiece as spm
@@ -79,7 +78,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, *, seed_sentences
             normalization_rule_name="identity", remove_extra_whitespaces=False,
             add_dummy_prefix=False, split_digits=True, allow_whitespace_only_pieces=True,
             character_coverage=0.9995, max_sentence_length=1 << 16,
-            input_sentence_size=seed_sentences, shuffle_input_sentence=True,
+            input_sentence_size=max_sentences, shuffle_input_sentence=True,
             num_threads=num_threads, minloglevel=2,
         )
     except RuntimeError as exc:
@@ -167,12 +166,3 @@ def load_tokenizer(path: str | Path):
     except Exception as exc:
         raise MoxinError(f"Could not load a tokenizer from {str(path)!r}: "
                          f"{type(exc).__name__}: {exc}") from None
-
-
-def copy_tokenizer_files(src: str | Path, dst: str | Path) -> None:
-    """Copy the tokenizer files of folder ``src`` into ``dst`` (used by exporters)."""
-    src, dst = Path(src), Path(dst)
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "chat_template.jinja"):
-        if (src / name).exists():
-            shutil.copy2(src / name, dst / name)

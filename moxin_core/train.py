@@ -319,7 +319,7 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
     wall = time.perf_counter() - started
     final = checkpoint_dir / f"step={trainer.global_step:06d}.ckpt"
     if not final.exists():
-        trainer.save_checkpoint(final)
+        trainer.save_checkpoint(final, weights_only=False)
 
     if trainer.is_global_zero:
         save_hf_folder(module.model, tokenizer, stage_dir / "hf", tokenizer_dir)
