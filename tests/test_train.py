@@ -48,6 +48,8 @@ def test_stage_folder_holds_everything(finished):
     assert manifest["versions"]["torch"] == torch.__version__.split("+")[0] or manifest["versions"]["torch"]
     assert manifest["checkpoint_sha256"] == sha256_file(stage / "hf" / "model.safetensors")
     assert len(manifest["data"]["fingerprint"]) == 16
+    # tokens still waiting in the packer buffer count as not packed yet (a 6-step run)
+    assert 0.9 < manifest["data"]["packing_efficiency"] <= 1.0
     assert any(p["distribution"] == "moxin-core" for p in manifest["plugins"])
     rows = (stage / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,") and "train/loss" in rows[0] and len(rows) == 7
@@ -118,6 +120,41 @@ def test_stages_chain_and_change_context_length(tmp_path, nano_tokenizer):
     assert config["stage"]["hparams"]["seq_len"] == 64
     # the second stage starts from the first stage's weights, not from scratch
     assert results[1].first_loss < results[0].first_loss - 0.3
+
+
+def test_gradient_accumulation_and_bf16_mixed(tmp_path, nano_tokenizer):
+    results = nano_run(tmp_path, nano_tokenizer, Registry(), "grad_accum=3",
+                       "precision=bf16-mixed", steps=2)
+    assert results[0].steps == 2  # optimizer steps
+    assert results[0].tokens == 2 * 3 * 4 * 64  # every micro-batch was trained on
+    assert results[0].last_loss is not None
+
+
+@pytest.mark.parametrize("schedule, end", [("cosine", 0.1), ("linear", 0.0), ("constant", 1.0)])
+def test_schedules_warm_up_then_decay(schedule, end):
+    from moxin_core.module import build_optimizer, build_scheduler
+    from moxin_core.variants import HyperParameters
+
+    hp = HyperParameters(max_steps=20, warmup_steps=5, lr=1.0, min_lr_ratio=0.1, schedule=schedule)
+    optimizer = build_optimizer(torch.nn.Linear(2, 2), hp)
+    scheduler = build_scheduler(optimizer, hp)
+    lrs = []
+    for _ in range(20):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(1.0)
+    assert lrs[1] < lrs[2] < lrs[3] < lrs[4]
+    assert scheduler.get_last_lr()[0] == pytest.approx(end, abs=1e-6)
+
+
+def test_weight_decay_skips_norms_and_biases():
+    from moxin_core.module import optimizer_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = optimizer_groups(model, 0.1)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
 
 
 # --------------------------------------------------------------------------- bad input

@@ -42,6 +42,11 @@ class TextPacker:
                              split_special_tokens=True)["input_ids"]
         return [{"input_ids": block} for block in self.packer.add(ids)]
 
+    @property
+    def efficiency(self) -> float:
+        """Share of tokenised tokens that went into blocks so far."""
+        return self.packer.efficiency
+
     def state_dict(self) -> dict:
         return self.packer.state_dict()
 
