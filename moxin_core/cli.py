@@ -93,19 +93,14 @@ def tokenizer_train(corpus: Sequence[str], vocab_size: int, out: str,
     from moxin_core.data.sources import EmbeddedCorpus, Files
     from moxin_core.tokenizer import train_tokenizer
 
-    def texts():
-        for spec in corpus:
-            source = EmbeddedCorpus() if spec == "embedded" else Files(spec)
-            for record, _ in source.iter_from(None):
-                if text_field not in record:
-                    fields = ", ".join(k for k in record if not k.startswith("__"))
-                    raise MoxinError(f"{record.get('__origin__')}: no field {text_field!r} "
-                                     f"(fields present: {fields}); pass --text-field.")
-                yield record[text_field]
+    sources = [EmbeddedCorpus() if spec == "embedded" else Files(spec, text_field=text_field)
+               for spec in corpus]  # built up-front: a bad path fails before training starts
 
-    for spec in corpus:  # resolve paths up-front so a typo fails before training starts
-        if spec != "embedded":
-            Files(spec)
+    def texts():
+        for source in sources:
+            for record, _ in source.iter_from(None):
+                yield record["text"]
+
     return train_tokenizer(texts(), vocab_size, out)
 
 

@@ -50,13 +50,14 @@ class DataSource(ABC):
 def select_text(record: dict, text_field: str | None) -> dict:
     """Expose ``record[text_field]`` as ``record["text"]`` (sources name their text differently:
     the-stack uses ``content``); a missing field is an error naming the fields present."""
-    if text_field is None or text_field == "text":
+    if text_field is None:
         return record
     if text_field not in record:
         fields = ", ".join(k for k in record if k != ORIGIN) or "(none)"
         raise MoxinError(f"{record.get(ORIGIN, 'a record')}: no field {text_field!r} (fields "
-                         f"present: {fields}). Set the source's `text_field` option.")
-    record["text"] = record[text_field]
+                         f"present: {fields}). Name the field that holds the text with the "
+                         "source's `text_field` option (`moxin tokenizer train --text-field`).")
+    record["text"] = record[text_field]  # a no-op for text_field="text"
     return record
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from moxin_core.data.packing import DocumentPacker, document_position_ids
-from moxin_core.data.sources import ORIGIN
+from moxin_core.data.sources import ORIGIN, select_text
 from moxin_core.errors import MoxinError
 from moxin_core.objectives.base import Objective
 
@@ -24,13 +24,7 @@ class TextPacker:
         self.packer = DocumentPacker(seq_len, tokenizer.bos_token_id, tokenizer.eos_token_id)
 
     def text_of(self, record: dict) -> str:
-        text = record.get(self.text_field)
-        if text is None:
-            fields = ", ".join(k for k in record if k != ORIGIN) or "(none)"
-            raise MoxinError(
-                f"{record.get(ORIGIN, 'a record')}: no field {self.text_field!r} (fields present: "
-                f"{fields}). Set the data source's `text_field` option to the field that holds the "
-                "text.")
+        text = select_text(record, self.text_field)["text"]
         if not isinstance(text, str):
             raise MoxinError(f"{record.get(ORIGIN, 'a record')}: field {self.text_field!r} is "
                              f"{type(text).__name__}, expected a string.")
