@@ -1,0 +1,21 @@
+"""Hook implementations of moxin-plugin-gguf: registers the ``gguf`` exporter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from moxin_core import hookimpl
+
+
+def _factory() -> Callable[..., Any]:
+    # imported here so that listing plugins does not pay for numpy/gguf/llama.cpp imports
+    from moxin_plugin_gguf.export import export_gguf
+
+    return export_gguf
+
+
+@hookimpl
+def moxin_exporters() -> dict[str, Callable[[], Callable[..., Any]]]:
+    """``gguf``: ``export_gguf(model_path, out, force=False, outtype="f16", verify=None)``."""
+    return {"gguf": _factory}
