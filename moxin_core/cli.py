@@ -138,6 +138,19 @@ def generate(model: str, prompt: str, max_new_tokens: int = 64, temperature: flo
     return tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: yaml(v)}`` for exporter options."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MoxinError(f"--option {item!r}: expected KEY=VALUE, e.g. --option outtype=q8_0.")
+        options[key.strip()] = yaml.safe_load(value) if value else ""
+    return options
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -177,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="hf")
     export.add_argument("--out", required=True)
     export.add_argument("--force", action="store_true", help="replace an existing output")
+    export.add_argument("--option", dest="options", action="append", default=[],
+                        metavar="KEY=VALUE", help="exporter option, e.g. --option outtype=q8_0")
 
     demo = sub.add_parser("demo", help="tokenizer, tiny pretraining, export and a sample")
     demo.add_argument("--out", default="runs/demo", help="run folder (replaced)")
@@ -219,7 +234,14 @@ def run(args: argparse.Namespace) -> int:
     if args.verb == "export":
         registry = _registry()
         exporter = registry.get("exporters", args.format)()
-        path = exporter(args.model, args.out, force=args.force)
+        options = parse_options(args.options)
+        try:
+            path = exporter(args.model, args.out, force=args.force, **options)
+        except TypeError as exc:
+            if "unexpected keyword" not in str(exc):
+                raise
+            raise MoxinError(f"Exporter {args.format!r} does not take option(s) "
+                             f"{', '.join(options)} ({exc}).") from None
         print(f"Exported {args.model} as {args.format} to {path}")
         return 0
     if args.verb == "demo":

@@ -204,6 +204,9 @@ def test_cli_export_and_generate(finished, tmp_path):
     assert (tmp_path / "hf" / "tokenizer.model").exists()
     again = run_cli("export", str(out / STAGE), "--format", "hf", "--out", str(tmp_path / "hf"))
     assert_clean_error(again, "--force")
+    assert_clean_error(run_cli("export", str(out / STAGE), "--format", "hf", "--out",
+                               str(tmp_path / "hf2"), "--option", "outtype=q8_0"),
+                       "Exporter 'hf' does not take option(s) outtype")
     generated = run_cli("generate", str(tmp_path / "hf"), "--prompt", "Question:",
                         "--max-new-tokens", "5")
     assert generated.returncode == 0, generated.stderr
