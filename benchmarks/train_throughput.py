@@ -159,12 +159,16 @@ def moxin_run(sets: list[str], steps: int, out: Path, verbose: bool) -> dict:
     log_file = out.with_suffix(".log")
     with open(log_file, "w") as log, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # The progress bar still renders every step; it is only written to a file, not the screen.
-        with contextlib.nullcontext() if verbose else contextlib.redirect_stderr(log):
+        # The progress bar (stdout) still renders every step; it goes to a file, not the screen.
+        with contextlib.ExitStack() as quiet:
+            if not verbose:
+                quiet.enter_context(contextlib.redirect_stdout(log))
+                quiet.enter_context(contextlib.redirect_stderr(log))
             result = train_variant(VARIANT, out, stage=STAGE, max_steps=steps, sets=sets)[0]
     shutil.rmtree(out)  # checkpoints and exports: ~70 MB a run
     if result.steps != steps:
-        raise RuntimeError(f"moxin run stopped at step {result.steps} of {steps}; see {log_file}")
+        raise RuntimeError(f"moxin run stopped at step {result.steps} of {steps}; rerun with "
+                           "--verbose to see Lightning's output")
     return {"tokens_per_second": result.tokens_per_second, "first_loss": result.first_loss,
             "last_loss": result.last_loss}
 
@@ -196,6 +200,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--precision", nargs="+", default=list(PRECISION_DTYPE), choices=PRECISION_DTYPE)
     ap.add_argument("--pack-seq-lens", type=int, nargs="*", default=[128, 256])
+    ap.add_argument("--threads", type=int, help="torch threads for everything (default: torch's "
+                    "default, one per core); 1 is steadier on a busy machine")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     ap.add_argument("--verbose", action="store_true", help="show Lightning's output on screen")
     args = ap.parse_args()
@@ -207,11 +213,19 @@ def main() -> None:
         if steps <= SKIP:
             ap.error(f"steps must exceed the {SKIP} warm-up steps")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # Lightning keeps it for a single-device CPU run
     info = machine()
     print(f"Machine: {info['cpu']}, {info['logical_cpus']} CPUs, torch {info['torch']} "
           f"({info['torch_threads']} threads); AVX2={info['avx2']}, "
           f"AVX512-BF16={info['avx512_bf16']}, AMX-BF16={info['amx_bf16']}")
-    report: dict = {"machine": info, "repeats": repeats, "training": {}}
+    # Other processes on 2 cores stall torch's OpenMP threads badly: record the load we ran under.
+    report: dict = {"machine": info, "repeats": repeats, "training": {},
+                    "load_average_start": os.getloadavg()[0]}
+    if report["load_average_start"] > 0.5:
+        print(f"Warning: load average {report['load_average_start']:.1f} before starting. Another "
+              "busy process stalls torch's OpenMP threads (several-fold slower steps); the "
+              "interleaving keeps the ratio fair only if the load is steady. Try --threads 1.")
 
     with tempfile.TemporaryDirectory(prefix="moxin-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -224,8 +238,8 @@ def main() -> None:
             print(f"\n{precision}: {steps} steps x batch {batch} x seq {args.seq_len} per run, "
                   f"{repeats} interleaved rounds (bare, moxin)")
             if precision == "bf16-mixed":
-                print("  (small bf16 workload: this CPU has no native bf16 matmul, "
-                      "so bf16 steps are many times slower than fp32)")
+                print("  (a much smaller workload than fp32 by default: without AVX512-BF16/AMX "
+                      "this CPU has no native bf16 matmul, so bf16 steps are ~20x slower)")
             bare, moxin = [], []
             for r in range(repeats):
                 bare.append(bare_run(sets, steps))
@@ -257,7 +271,7 @@ def main() -> None:
         print(f"FLOPs/token = 6*N_matmul + 12*n_layers*seq_len*d_attn = {fpt / 1e6:.2f} M "
               f"(N_matmul = {next(iter(report['training'].values()))['n_matmul_params']:,}: all "
               "parameters but the input embedding)")
-    print(f"\n{'precision':<11}{'workload':<18}{'bare tok/s (median; runs)':<34}"
+    print(f"\n{'precision':<11}{'steps x batch x seq':<20}{'bare tok/s (median; runs)':<34}"
           f"{'moxin tok/s (median; runs)':<34}{'moxin/bare':>10}{'MFU bare':>10}{'MFU moxin':>11}")
     for precision, row in report["training"].items():
         row["bare_median"], row["moxin_median"] = (statistics.median(row["bare"]),
@@ -268,11 +282,14 @@ def main() -> None:
                                              / row["peak_flops"] for k in ("bare", "moxin"))
         runs = {k: f"{row[f'{k}_median']:.0f}; " + " ".join(f"{v:.0f}" for v in row[k])
                 for k in ("bare", "moxin")}
-        print(f"{precision:<11}{row['steps']}x{row['micro_batch_size']}x{row['seq_len']:<12}"
+        shape = f"{row['steps']}x{row['micro_batch_size']}x{row['seq_len']}"
+        print(f"{precision:<11}{shape:<20}"
               f"{runs['bare']:<34}{runs['moxin']:<34}{row['ratio']:>10.3f}"
               f"{row['mfu_bare']:>10.1%}{row['mfu_moxin']:>11.1%}")
     print("  MFU against the measured peak: "
-          + ", ".join(f"{str(d).removeprefix('torch.')} {v / 1e9:.1f} GFLOP/s" for d, v in peak.items()))
+          + ", ".join(f"{str(d).removeprefix('torch.')} {v / 1e9:.1f} GFLOP/s" for d, v in peak.items())
+          + f"; target moxin/bare >= 0.95; load average before start "
+          f"{report['load_average_start']:.1f}")
     print(f"\n{'packing seq_len':<17}{'documents':>10}{'tokens':>11}{'efficiency':>12}"
           f"{'tokenise+pack tok/s':>21}")
     for row in pack:

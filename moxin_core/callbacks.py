@@ -63,3 +63,61 @@ class RNGState(pl.Callback):
         random.setstate(state_dict["python"])
         np.random.set_state(state_dict["numpy"])
         torch.set_rng_state(state_dict["torch"])
+
+
+class MetricsHistory(pl.Callback):
+    """Every optimizer step's metrics, kept in the checkpoint so a resumed run loses no row.
+
+    Lightning's CSV logger writes in batches and starts a new file on resume; this history is the
+    source of ``metrics.csv``. It must run after callbacks that log (``TokenThroughput``) and before
+    ``ModelCheckpoint`` (Lightning runs checkpoint callbacks last).
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self._lr: float | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        if trainer.optimizers:  # the rate this step uses (the scheduler moves it after the step)
+            self._lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # not an optimizer step
+        row = {"step": trainer.global_step - 1}  # the step this batch completed, 0-based
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("train/") or key == "tok/s":
+                row[key] = float(value)
+        if self._lr is not None:
+            row["lr"] = self._lr
+        self.rows = [r for r in self.rows if r["step"] != row["step"]] + [row]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+
+
+class CheckpointOnTerminate(pl.Callback):
+    """Saves a checkpoint when the process got SIGTERM (a scheduler's pre-emption notice).
+
+    Lightning stops the loop with ``SIGTERMException`` right after the batch in which the signal
+    arrived; at an optimizer-step boundary weights, optimizer and data position agree, so a
+    checkpoint saved here resumes exactly. Inside a gradient-accumulation window nothing is saved
+    and the last periodic checkpoint stands.
+    """
+
+    def __init__(self, dirpath: Any) -> None:
+        self.dirpath = dirpath
+        self.saved: Any = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not trainer.received_sigterm or self.saved is not None:
+            return
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            self.saved = self.dirpath / f"step={trainer.global_step:06d}.ckpt"
+            trainer.save_checkpoint(self.saved, weights_only=False)

@@ -38,25 +38,6 @@ def package_versions(names: tuple[str, ...] = ("moxin-core", "torch", "lightning
     return versions
 
 
-def read_metrics(*paths: str | os.PathLike) -> list[dict[str, float]]:
-    """Rows of Lightning CSVLogger files, one per step (later files win for a step: resumes)."""
-    by_step: dict[int, dict[str, float]] = {}
-    rows = []
-    for path in paths:
-        if Path(path).exists():
-            with open(path, newline="") as handle:
-                rows.extend(csv.DictReader(handle))
-    for row in rows:
-        if not row.get("step"):
-            continue
-        step = int(float(row["step"]))
-        merged = by_step.setdefault(step, {"step": step})
-        for key, value in row.items():
-            if key != "step" and value not in ("", None):
-                merged[key] = float(value)
-    return [by_step[s] for s in sorted(by_step)]
-
-
 def write_metrics_csv(rows: list[dict[str, float]], path: Path) -> None:
     columns = ["step"] + sorted({k for row in rows for k in row} - {"step"})
     with open(path, "w", newline="") as handle:
@@ -97,7 +78,7 @@ def plot_loss(rows: list[dict[str, float]], path: Path, title: str) -> None:
     ax_loss.set_ylabel("train loss (nats/token)")
     ax_loss.set_title(title)
     ax_loss.grid(alpha=0.3)
-    lr_key = next((k for r in rows for k in r if k.startswith("lr")), None)
+    lr_key = "lr" if any("lr" in r for r in rows) else None
     if lr_key:
         lr_rows = [r for r in rows if lr_key in r]
         ax_lr.plot([r["step"] + 1 for r in lr_rows], [r[lr_key] for r in lr_rows], color="tab:orange")

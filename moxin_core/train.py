@@ -21,8 +21,9 @@ import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from moxin_core.callbacks import RNGState, TokenThroughput
+from moxin_core.callbacks import CheckpointOnTerminate, MetricsHistory, RNGState, TokenThroughput
 from moxin_core.checkpointing import FolderCheckpointIO, latest_checkpoint
 from moxin_core.data.corpus import iter_corpus
 from moxin_core.data.datamodule import MoxinDataModule, build_mixture
@@ -32,7 +33,7 @@ from moxin_core.module import MoxinModule
 from moxin_core.objectives.base import Objective
 from moxin_core.plugins import Registry
 from moxin_core.presets import build_model, resolve_config
-from moxin_core.reporting import (command_line, package_versions, plot_loss, read_metrics,
+from moxin_core.reporting import (command_line, package_versions, plot_loss,
                                   sha256_file, write_json_atomic, write_metrics_csv)
 from moxin_core.tokenizer import load_tokenizer, train_tokenizer
 from moxin_core.variants import (PREVIOUS, DataSpec, HyperParameters, Stage, Variant,
@@ -235,19 +236,6 @@ def _quiet_libraries() -> None:
         rank_zero.addFilter(_DropTips())
 
 
-def _keep_previous_metrics(log_dir: Path) -> None:
-    """CSVLogger starts a fresh metrics.csv; keep the interrupted segment beside it."""
-    current = log_dir / "metrics.csv"
-    if current.exists():
-        segment = len(list(log_dir.glob("metrics-segment-*.csv")))
-        current.rename(log_dir / f"metrics-segment-{segment:03d}.csv")
-
-
-def _metric_files(log_dir: Path) -> list[Path]:
-    """Earlier segments first, so rows of the resumed run win for steps logged twice."""
-    return sorted(log_dir.glob("metrics-segment-*.csv")) + [log_dir / "metrics.csv"]
-
-
 def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
               tokenizer_dir: Path | str, registry: Registry, resume: bool = False) -> StageResult:
     """Train one stage; write config, checkpoints, metrics, plot, HF export and manifest."""
@@ -279,7 +267,7 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
             (Path(tokenizer_dir) / "tokenizer.model").read_bytes())
 
     checkpoint_dir = stage_dir / "checkpoints"
-    throughput = TokenThroughput()
+    throughput, history = TokenThroughput(), MetricsHistory()
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=checkpoint_dir, filename="step={step:06d}",
                         auto_insert_metric_name=False, every_n_train_steps=hp.checkpoint_every,
@@ -288,7 +276,9 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
         TQDMProgressBar(refresh_rate=1),
         LearningRateMonitor(logging_interval="step"),
         throughput,
+        history,  # after throughput: it records the tok/s just logged
         RNGState(),
+        CheckpointOnTerminate(checkpoint_dir),  # after history: the saved state has this step's row
     ]
     for extra in registry.pm.hook.moxin_callbacks(stage=stage, out_dir=stage_dir):
         callbacks.extend(extra or [])
@@ -305,12 +295,17 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
     ckpt_path = latest_checkpoint(checkpoint_dir) if resume else None
     if ckpt_path is not None:
         print(f"Resuming stage {stage.name!r} from {ckpt_path}")
-    _keep_previous_metrics(stage_dir / "logs")
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            last = latest_checkpoint(checkpoint_dir)
+            raise MoxinError(f"Stage {stage.name!r} was terminated (SIGTERM) at step "
+                             f"{trainer.global_step}. Last checkpoint: {last or 'none yet'}. "
+                             "Continue with the same command and --resume.") from None
     if trainer.interrupted:
         last = latest_checkpoint(checkpoint_dir)
         raise MoxinError(f"Stage {stage.name!r} was interrupted at step {trainer.global_step}. "
@@ -319,11 +314,16 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
     wall = time.perf_counter() - started
     final = checkpoint_dir / f"step={trainer.global_step:06d}.ckpt"
     if not final.exists():
+        # a graceful stop (SIGTERM from a scheduler, a callback) ends between steps: safe to save
         trainer.save_checkpoint(final, weights_only=False)
+    if trainer.global_step < hp.max_steps:
+        raise MoxinError(f"Stage {stage.name!r} stopped at step {trainer.global_step} of "
+                         f"{hp.max_steps} (a termination signal or a callback asked it to stop). "
+                         f"Checkpoint saved to {final}; continue with the same command and --resume.")
 
     if trainer.is_global_zero:
         save_hf_folder(module.model, tokenizer, stage_dir / "hf", tokenizer_dir)
-    rows = read_metrics(*_metric_files(stage_dir / "logs"))
+    rows = history.rows
     write_metrics_csv(rows, stage_dir / "metrics.csv")
     plot_loss(rows, stage_dir / "loss.png", f"{variant_name} / {stage.name}")
     losses = [r["train/loss"] for r in rows if "train/loss" in r]

@@ -66,3 +66,19 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_tokenizer)
     # the metrics of the resumed run cover every step once
     rows = (out / STAGE / "metrics.csv").read_text().splitlines()
     assert len(rows) == STEPS + 1
+
+    # SIGTERM (a cluster scheduler's pre-emption) stops gracefully with a checkpoint at that step
+    out = tmp_path / "terminated"
+    process = subprocess.Popen(_command(out, tiny_tokenizer), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+    marker = out / STAGE / "checkpoints" / "step=000008.ckpt"
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode != 0 and "--resume" in stderr and "Traceback" not in stderr
+    assert not (out / STAGE / "hf").exists()
+    resumed = subprocess.run(_command(out, tiny_tokenizer, "--resume"), capture_output=True,
+                             text=True, env=_env(), cwd=REPO, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sha256_file(out / STAGE / "hf" / "model.safetensors") == reference
