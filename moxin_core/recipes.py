@@ -50,7 +50,7 @@ def moxin_base() -> Variant:
 
 def _tiny_hparams(**changes) -> HyperParameters:
     # fp32: on CPUs without AVX512-BF16/AMX (such as the 2-core AVX2 machines moxin is tested
-    # on) bf16 matmuls are emulated and ~70x slower; see docs/benchmarks.md.
+    # on) bf16 matmuls are emulated; a bf16-mixed step is ~19x slower; see docs/benchmarks.md.
     base = dict(micro_batch_size=8, grad_accum=1, lr=2e-3, min_lr_ratio=0.1, schedule="cosine",
                 warmup_steps=10, weight_decay=0.1, grad_clip=1.0, precision="32-true",
                 checkpoint_every=50, keep_checkpoints=2, log_every=1, accelerator="cpu",
