@@ -26,6 +26,14 @@ def generation_config_for(tokenizer: Any) -> GenerationConfig:
                             pad_token_id=tokenizer.eos_token_id, do_sample=False)
 
 
+def save_tokenizer(tokenizer: Any, out: Path, tokenizer_dir: str | Path | None) -> None:
+    """``tokenizer.save_pretrained`` plus the sentencepiece ``tokenizer.model`` it does not write
+    (GGUF converters and sentencepiece users need it)."""
+    tokenizer.save_pretrained(out)
+    if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.model").exists():
+        shutil.copy2(Path(tokenizer_dir) / "tokenizer.model", Path(out) / "tokenizer.model")
+
+
 def save_hf_folder(model: torch.nn.Module, tokenizer: Any, out: str | Path,
                    tokenizer_dir: str | Path | None = None) -> Path:
     """Write ``config.json``, safetensors weights, tokenizer files (with ``tokenizer.model``),
@@ -35,9 +43,7 @@ def save_hf_folder(model: torch.nn.Module, tokenizer: Any, out: str | Path,
     shutil.rmtree(staging, ignore_errors=True)
     model.generation_config = generation_config_for(tokenizer)
     model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.model").exists():
-        shutil.copy2(Path(tokenizer_dir) / "tokenizer.model", staging / "tokenizer.model")
+    save_tokenizer(tokenizer, staging, tokenizer_dir)
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)

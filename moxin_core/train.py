@@ -28,7 +28,7 @@ from moxin_core.checkpointing import FolderCheckpointIO, latest_checkpoint
 from moxin_core.data.corpus import iter_corpus
 from moxin_core.data.datamodule import MoxinDataModule, build_mixture
 from moxin_core.errors import MoxinError
-from moxin_core.export_hf import save_hf_folder
+from moxin_core.export_hf import save_hf_folder, save_tokenizer
 from moxin_core.module import MoxinModule
 from moxin_core.objectives.base import Objective
 from moxin_core.plugins import Registry
@@ -261,10 +261,7 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     module.model.config.to_json_file(stage_dir / "model_config.json")
-    tokenizer.save_pretrained(stage_dir / "tokenizer")
-    if (Path(tokenizer_dir) / "tokenizer.model").exists():
-        (stage_dir / "tokenizer" / "tokenizer.model").write_bytes(
-            (Path(tokenizer_dir) / "tokenizer.model").read_bytes())
+    save_tokenizer(tokenizer, stage_dir / "tokenizer", tokenizer_dir)
 
     checkpoint_dir = stage_dir / "checkpoints"
     throughput, history = TokenThroughput(), MetricsHistory()

@@ -243,10 +243,3 @@ def load_config_file(path: str) -> dict[str, Any]:
 
 def stage_to_dict(stage: Stage) -> dict[str, Any]:
     return dataclasses.asdict(stage)
-
-
-def stage_from_dict(data: dict[str, Any]) -> Stage:
-    data = dict(data)
-    data["data"] = [DataSpec(**d) for d in data["data"]]
-    data["hparams"] = HyperParameters(**data["hparams"])
-    return Stage(**data)

@@ -79,8 +79,7 @@ class EmbeddedCorpus(DataSource):
         if num_documents <= 0:
             raise MoxinError(f"embedded: num_documents must be positive, got {num_documents}.")
         try:
-            corpus.iter_corpus(seed, 0, mix)  # validates the mix
-            next(iter(corpus.iter_corpus(seed, 1, mix)))
+            corpus.iter_corpus(seed, 0, mix)  # validates the mix when called
         except ValueError as exc:
             raise MoxinError(f"embedded: {exc}") from None
         self.seed, self.num_documents, self.mix = seed, num_documents, mix
