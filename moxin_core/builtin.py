@@ -31,6 +31,13 @@ def moxin_exporters():
 
 
 @hookimpl
+def moxin_runtimes():
+    from moxin_core.runtime import TransformersRuntime
+
+    return {"transformers": TransformersRuntime}
+
+
+@hookimpl
 def moxin_models():
     return dict(BUILTIN_PRESETS)
 

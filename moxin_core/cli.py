@@ -108,34 +108,69 @@ def tokenizer_train(corpus: Sequence[str], vocab_size: int, out: str,
 
 
 def generate(model: str, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
-             chat: bool = False) -> str:
-    """Complete ``prompt`` with a stage folder or HF folder (greedy when temperature is 0)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+             chat: bool = False, runtime: str | None = None) -> str:
+    """Complete ``prompt`` (or answer it as a chat turn) with any model a runtime can load."""
+    from moxin_core.runtime import load_runtime
 
-    from moxin_core.export_hf import resolve_model_folder
-    from moxin_core.tokenizer import load_tokenizer
+    _check_generation(max_new_tokens, temperature)
+    engine = load_runtime(model, runtime=runtime)
+    if chat:
+        return engine.chat([{"role": "user", "content": prompt}], max_new_tokens, temperature)
+    return engine.complete(prompt, max_new_tokens, temperature)
 
+
+def _check_generation(max_new_tokens: int, temperature: float) -> None:
     if max_new_tokens <= 0:
         raise MoxinError(f"--max-new-tokens must be positive, got {max_new_tokens}.")
-    folder = resolve_model_folder(model)
-    tokenizer = load_tokenizer(folder)
-    network = AutoModelForCausalLM.from_pretrained(folder)
-    network.eval()
-    if chat:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                            add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"]
-    else:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-    if temperature > 0:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=0.95)
-    else:
-        kwargs.update(do_sample=False)
-    with torch.no_grad():
-        output = network.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-    return tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
+    if temperature < 0:
+        raise MoxinError(f"--temperature must be >= 0 (0 = greedy), got {temperature}.")
+
+
+def chat(model: str, messages: Sequence[str] = (), system: str | None = None,
+         max_new_tokens: int = 256, temperature: float = 0.0, runtime: str | None = None,
+         stdin: Any = None, stdout: Any = None, registry: Any = None) -> list[dict[str, str]]:
+    """Talk to ``model`` under its chat template; returns the conversation.
+
+    With ``messages`` each one is sent as a user turn in order and the replies are printed;
+    without, turns are read from ``stdin`` (``/reset`` starts over, ``/exit`` or end of input
+    stops).
+    """
+    from moxin_core.runtime import load_runtime
+
+    _check_generation(max_new_tokens, temperature)
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    engine = load_runtime(model, registry, runtime)
+    start = [{"role": "system", "content": system}] if system else []
+    conversation = list(start)
+    interactive = not messages
+    if interactive and stdin.isatty():
+        print(f"Chatting with {model} ({engine.name}); /reset clears the history, /exit quits.",
+              file=stdout)
+
+    def turns():
+        yield from messages
+        while interactive:
+            if stdin.isatty():
+                print("you> ", end="", file=stdout, flush=True)
+            line = stdin.readline()
+            if not line:
+                return
+            yield line.rstrip("\n")
+
+    for text in turns():
+        if text.strip() in ("/exit", "/quit"):
+            break
+        if text.strip() == "/reset":
+            conversation = list(start)
+            continue
+        if not text.strip():
+            continue
+        conversation.append({"role": "user", "content": text})
+        reply = engine.chat(conversation, max_new_tokens, temperature)
+        conversation.append({"role": "assistant", "content": reply})
+        print(f"assistant> {reply}" if interactive or len(messages) > 1 else reply, file=stdout,
+              flush=True)
+    return conversation
 
 
 def parse_options(items: Sequence[str]) -> dict[str, Any]:
@@ -196,13 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="tokenizer, tiny pretraining, export and a sample")
     demo.add_argument("--out", default="runs/demo", help="run folder (replaced)")
 
-    for verb in ("generate",):
-        gen = sub.add_parser(verb, help="complete a prompt")
-        gen.add_argument("model", help="stage folder or HF folder")
-        gen.add_argument("--prompt", required=True)
-        gen.add_argument("--max-new-tokens", type=int, default=64)
-        gen.add_argument("--temperature", type=float, default=0.0)
-        gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    gen = sub.add_parser("generate", help="complete a prompt")
+    gen.add_argument("model", help="stage folder, HF folder, hub id or .gguf file")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--chat", action="store_true", help="send the prompt as a chat turn")
+    gen.add_argument("--runtime", help="runtime name (default: the first that accepts MODEL)")
+
+    talk = sub.add_parser("chat", help="talk to a model under its chat template")
+    talk.add_argument("model", help="stage folder, HF folder, hub id or .gguf file")
+    talk.add_argument("--message", dest="messages", action="append", default=[],
+                      help="a user turn (repeatable); without it, turns are read from stdin")
+    talk.add_argument("--system", help="system prompt")
+    talk.add_argument("--max-new-tokens", type=int, default=256)
+    talk.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    talk.add_argument("--runtime", help="runtime name (default: the first that accepts MODEL)")
     return parser
 
 
@@ -250,7 +294,12 @@ def run(args: argparse.Namespace) -> int:
         run_demo(args.out)
         return 0
     if args.verb == "generate":
-        print(generate(args.model, args.prompt, args.max_new_tokens, args.temperature, args.chat))
+        print(generate(args.model, args.prompt, args.max_new_tokens, args.temperature, args.chat,
+                       args.runtime))
+        return 0
+    if args.verb == "chat":
+        chat(args.model, args.messages, args.system, args.max_new_tokens, args.temperature,
+             args.runtime)
         return 0
     raise AssertionError(args.verb)
 

@@ -120,6 +120,23 @@ def moxin_reward_functions() -> dict[str, Factory]:
     """
 
 
+@hookspec
+def moxin_runtimes() -> dict[str, Factory]:
+    """Register inference runtimes for ``moxin generate`` and ``moxin chat``.
+
+    The core ships ``transformers`` (HF folders, stage folders, hub ids); plugins add others, such
+    as ``llama.cpp`` for ``.gguf`` files.
+
+    Returns:
+        ``{name: factory}``. ``factory`` is a :class:`moxin_core.runtime.Runtime` subclass:
+        ``factory.accepts(model)`` says whether it can load the path or id ``model`` (the first
+        plugin runtime that accepts wins over ``transformers``), ``factory(model)`` loads it, and
+        the instance's ``complete(prompt, max_new_tokens, temperature)`` and
+        ``chat(messages, max_new_tokens, temperature)`` return the generated text (chat applies
+        the model's chat template to ``[{"role", "content"}, ...]``).
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # Models and variants
 # --------------------------------------------------------------------------------------------

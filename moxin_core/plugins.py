@@ -29,6 +29,7 @@ CATEGORIES: dict[str, str] = {
     "exporters": "moxin_exporters",
     "evaluators": "moxin_evaluators",
     "reward_functions": "moxin_reward_functions",
+    "runtimes": "moxin_runtimes",
     "models": "moxin_models",
     "variants": "moxin_variants",
 }
@@ -41,6 +42,7 @@ _NOUNS = {
     "exporters": "exporter",
     "evaluators": "evaluator",
     "reward_functions": "reward function",
+    "runtimes": "runtime",
     "models": "model preset",
     "variants": "variant",
 }

@@ -17,12 +17,12 @@ NANO_SETS = ["pretrain-128.model=moxin-nano", "seq_len=64", "micro_batch_size=4"
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 900,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
+            cwd: Path | None = None, input_text: str | None = None) -> subprocess.CompletedProcess:
     """Run ``moxin ARGS`` in a subprocess (the console script's code path)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 **(env or {})}
     return subprocess.run([sys.executable, "-m", "moxin_core.cli", *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout, cwd=cwd or REPO)
+                          text=True, input=input_text, env=full_env, timeout=timeout, cwd=cwd or REPO)
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -51,6 +51,10 @@ def moxin_reward_functions():
     return {"good-reward": dict}
 
 @hookimpl
+def moxin_runtimes():
+    return {"good-runtime": dict}
+
+@hookimpl
 def moxin_models():
     return {"good-model": lambda: MistralConfig(hidden_size=32, intermediate_size=64,
                                                  num_hidden_layers=1, num_attention_heads=4,
@@ -129,7 +133,7 @@ def test_installed_plugins_are_discovered_and_broken_one_is_reported(installed_p
         "objectives": ["good-objective"], "data_sources": ["good-source"],
         "vision_encoders": ["good-vision"], "exporters": ["good-export"],
         "evaluators": ["good-eval"], "reward_functions": ["good-reward"],
-        "models": ["good-model"], "variants": ["good-variant"]}
+        "runtimes": ["good-runtime"], "models": ["good-model"], "variants": ["good-variant"]}
     assert set(good["hooks"]) == set(CATEGORIES.values())
     broken = entries["moxin-plugin-broken"]
     assert "ImportError" in broken["error"] and "not installed" in broken["error"]

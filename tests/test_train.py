@@ -211,3 +211,17 @@ def test_cli_export_and_generate(finished, tmp_path):
                         "--max-new-tokens", "5")
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout.strip()
+
+
+def test_cli_chat_uses_the_chat_template(finished, tmp_path):
+    out, _ = finished
+    result = run_cli("chat", str(out / STAGE), "--system", "Be brief.", "--message", "Hello",
+                     "--message", "What is 2 + 3?", "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stderr
+    replies = [line for line in result.stdout.splitlines() if line.startswith("assistant> ")]
+    assert len(replies) == 2, result.stdout
+    piped = run_cli("chat", str(out / STAGE), "--max-new-tokens", "3",
+                    input_text="Hello\n/exit\n")
+    assert piped.returncode == 0 and piped.stdout.count("assistant> ") == 1, piped.stdout
+    assert_clean_error(run_cli("chat", str(tmp_path / "missing.gguf"), "--message", "x"),
+                       "missing.gguf")

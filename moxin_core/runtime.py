@@ -1,0 +1,125 @@
+"""Inference runtimes behind ``moxin generate`` and ``moxin chat``.
+
+A runtime loads a trained model and produces text, either continuing a raw prompt (``complete``)
+or answering a conversation rendered with the model's chat template (``chat``). The core ships the
+``transformers`` runtime for HF folders, stage folders and hub ids; plugins register more through
+the ``moxin_runtimes`` hook (``moxin-plugin-gguf`` adds ``llama.cpp`` for ``.gguf`` files).
+``load_runtime`` picks the runtime for a path: the first plugin runtime that accepts it, else
+``transformers``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from moxin_core.errors import MoxinError
+
+Message = dict[str, str]
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages: Sequence[Message], where: str = "conversation") -> None:
+    """Roles must be system/user/assistant with string contents (a clear error otherwise)."""
+    if not messages:
+        raise MoxinError(f"{where}: no messages.")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise MoxinError(f"{where}: message {i} must be {{'role': ..., 'content': ...}}, "
+                             f"got {message!r}.")
+        if message["role"] not in ROLES:
+            raise MoxinError(f"{where}: message {i} has unknown role {message['role']!r}; use "
+                             f"{', '.join(ROLES)}.")
+        if not isinstance(message["content"], str):
+            raise MoxinError(f"{where}: message {i} content is {type(message['content']).__name__}, "
+                             "expected a string.")
+
+
+class Runtime(ABC):
+    """A loaded model that generates text. Subclasses are registered by name."""
+
+    name = "runtime"
+
+    @classmethod
+    @abstractmethod
+    def accepts(cls, model: str) -> bool:
+        """Whether this runtime can load ``model`` (a path or hub id)."""
+
+    @abstractmethod
+    def complete(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0) -> str:
+        """Continue ``prompt`` (greedy when ``temperature`` is 0); returns only the new text."""
+
+    @abstractmethod
+    def chat(self, messages: Sequence[Message], max_new_tokens: int = 256,
+             temperature: float = 0.0) -> str:
+        """The assistant's reply to ``messages`` under the model's chat template."""
+
+
+class TransformersRuntime(Runtime):
+    """HF folders, stage folders and hub ids through ``transformers``' ``generate``."""
+
+    name = "transformers"
+
+    @classmethod
+    def accepts(cls, model: str) -> bool:
+        return not str(model).endswith(".gguf")
+
+    def __init__(self, model: str) -> None:
+        from transformers import AutoModelForCausalLM
+
+        from moxin_core.export_hf import resolve_model_folder
+        from moxin_core.tokenizer import load_tokenizer
+
+        folder = resolve_model_folder(model)
+        self.tokenizer = load_tokenizer(folder)
+        self.model = AutoModelForCausalLM.from_pretrained(folder)
+        self.model.eval()
+
+    def _generate(self, ids: Any, max_new_tokens: int, temperature: float,
+                  stop_ids: Sequence[int] = ()) -> str:
+        import torch
+
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=0.95)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        eos = [i for i in (self.tokenizer.eos_token_id, *stop_ids) if i is not None]
+        with torch.no_grad():
+            output = self.model.generate(ids, attention_mask=torch.ones_like(ids),
+                                         eos_token_id=eos, pad_token_id=eos[0], **kwargs)
+        return self.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
+
+    def complete(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0) -> str:
+        ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        return self._generate(ids, max_new_tokens, temperature)
+
+    def chat(self, messages: Sequence[Message], max_new_tokens: int = 256,
+             temperature: float = 0.0) -> str:
+        check_messages(messages)
+        if self.tokenizer.chat_template is None:
+            raise MoxinError("This model's tokenizer has no chat template; use `moxin generate` "
+                             "without --chat, or a tokenizer folder that carries one.")
+        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
+                                                 return_tensors="pt", return_dict=True)["input_ids"]
+        end = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        stop = [end] if isinstance(end, int) and end != self.tokenizer.unk_token_id else []
+        return self._generate(ids, max_new_tokens, temperature, stop).strip()
+
+
+def load_runtime(model: str, registry: Any = None, runtime: str | None = None) -> Runtime:
+    """Load ``model`` with the runtime named ``runtime``, or the first one that accepts it."""
+    if registry is None:
+        from moxin_core.plugins import Registry
+
+        registry = Registry()
+    if runtime is not None:
+        return registry.get("runtimes", runtime)(model)
+    runtimes = registry.category("runtimes")
+    ordered = sorted(runtimes.items(), key=lambda item: item[0] == TransformersRuntime.name)
+    for _, factory in ordered:
+        if factory.accepts(model):
+            return factory(model)
+    raise MoxinError(f"No runtime can load {model!r} (installed runtimes: "
+                     f"{', '.join(runtimes)}). For .gguf files install moxin-plugin-gguf.")
