@@ -274,6 +274,13 @@ def run(args: argparse.Namespace) -> int:
                     else "no loss logged")
             print(f"stage {r.name}{note}: {r.steps} steps, {loss}, "
                   f"{r.tokens_per_second:,.0f} tokens/s -> {r.out_dir}")
+            skipped = {k: v for k, v in (r.data_stats or {}).items()
+                       if v and k.startswith(("skipped", "dropped", "truncated"))}
+            if skipped:
+                print("    data: " + ", ".join(f"{k.replace('_', ' ')} {v}"
+                                               for k, v in skipped.items()))
+            for name, scores in r.evals.items():
+                print(f"    {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
         return 0
     if args.verb == "export":
         registry = _registry()

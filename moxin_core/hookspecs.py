@@ -105,7 +105,11 @@ def moxin_evaluators() -> dict[str, Factory]:
 
     Returns:
         ``{name: factory}``. ``factory(**options)`` returns a callable
-        ``evaluate(model_path) -> dict[str, float]`` returning named scores.
+        ``evaluate(model_path) -> dict[str, float]`` returning named scores. A stage lists
+        evaluators by name (``Stage.evaluators``); ``moxin train`` runs them on the stage's HF
+        export, prints the scores and stores them in ``eval.json`` and the manifest. If
+        ``evaluate`` has a ``reference`` parameter it also receives the model the stage started
+        from (for scores relative to it, such as preference reward accuracy).
     """
 
 

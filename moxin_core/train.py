@@ -36,8 +36,8 @@ from moxin_core.presets import build_model, resolve_config
 from moxin_core.reporting import (command_line, package_versions, plot_loss,
                                   sha256_file, write_json_atomic, write_metrics_csv)
 from moxin_core.tokenizer import load_tokenizer, train_tokenizer
-from moxin_core.variants import (PREVIOUS, DataSpec, HyperParameters, Stage, Variant,
-                                 apply_overrides, load_config_file, stage_to_dict)
+from moxin_core.variants import (PREVIOUS, VARIANT_PREFIX, DataSpec, HyperParameters, Stage,
+                                 Variant, apply_overrides, load_config_file, stage_to_dict)
 
 log = logging.getLogger("moxin")
 
@@ -114,6 +114,8 @@ class StageResult:
     tokens: int
     seconds: float
     skipped: bool = False
+    evals: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    data_stats: dict[str, int] | None = None
 
 
 def resolve_variant(registry: Registry, name: str, config: str | None = None,
@@ -134,17 +136,50 @@ def resolve_variant(registry: Registry, name: str, config: str | None = None,
     for stage in variant.stages:
         stage.hparams.validate(f"stage {stage.name!r} of variant {variant.name!r}")
         registry.get("objectives", stage.objective)
-        if stage.model != PREVIOUS:
+        if stage.model.startswith(VARIANT_PREFIX):
+            registry.get("variants", stage.model[len(VARIANT_PREFIX):])
+        elif stage.model != PREVIOUS:
             resolve_config(stage.model, registry)  # unknown preset/path: clear error now
+        for evaluator in stage.evaluators:
+            registry.get("evaluators", evaluator)
         for spec in stage.data:
             registry.get("data_sources", spec.source)
     return variant
 
 
-def _stage_tokenizer(variant: Variant, stage: Stage, index: int, out: Path,
-                     registry: Registry) -> Path | str:
-    if stage.model == PREVIOUS:
-        return out / variant.stages[index - 1].name / "hf"
+def run_evaluators(registry: Registry, names: Sequence[str], model_path: Path,
+                   reference: str) -> dict[str, dict[str, float]]:
+    """Run evaluators on ``model_path``; ``reference`` (the stage's starting model) is passed to
+    evaluators that take it (preference accuracy compares against it)."""
+    import inspect
+
+    results = {}
+    for name in names:
+        evaluate = registry.get("evaluators", name)()
+        kwargs = ({"reference": reference}
+                  if "reference" in inspect.signature(evaluate).parameters else {})
+        print(f"Evaluating {model_path} with {name} ...")
+        results[name] = {k: float(v) for k, v in evaluate(str(model_path), **kwargs).items()}
+    return results
+
+
+def _variant_result(registry: Registry, reference: str, out: Path, stage: Stage) -> Path:
+    """``variant:NAME`` -> the final stage's HF folder of that variant under ``out``."""
+    name = reference[len(VARIANT_PREFIX):]
+    final = registry.get("variants", name)().stages[-1].name
+    folder = out / final / "hf"
+    if not (folder / "config.json").exists():
+        raise MoxinError(f"Stage {stage.name!r} starts from the final model of variant {name!r}, "
+                         f"expected at {folder}, which does not exist yet. Run `moxin train "
+                         f"{name} --out {out}` first, or set {stage.name}.model to a checkpoint "
+                         "folder or hub id.")
+    return folder
+
+
+def _stage_tokenizer(variant: Variant, stage: Stage, init: str,
+                     registry: Registry, out: Path) -> Path | str:
+    if stage.model == PREVIOUS or stage.model.startswith(VARIANT_PREFIX):
+        return init  # a trained model's folder carries its tokenizer
     spec = stage.tokenizer or variant.tokenizer
     if spec == EMBEDDED_TOKENIZER:
         vocab = resolve_config(stage.model, registry).vocab_size
@@ -180,9 +215,11 @@ def train_variant(name: str, out: str | Path, stage: str | None = None,
                                  f"{names[index - 1]!r}, which is not in {out} yet; run that stage "
                                  "first (or the whole variant).")
             init = str(previous)
+        elif current.model.startswith(VARIANT_PREFIX):
+            init = str(_variant_result(registry, current.model, out, current))
         else:
             init = current.model
-        tokenizer_dir = _stage_tokenizer(variant, current, index, out, registry)
+        tokenizer_dir = _stage_tokenizer(variant, current, init, registry, out)
         results.append(run_stage(variant.name, current, out / current.name, init, tokenizer_dir,
                                  registry, resume))
     return results
@@ -246,7 +283,9 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
         log.info("stage %s already complete in %s; skipping", stage.name, stage_dir)
         return StageResult(stage.name, stage_dir, previous["steps"], previous["first_loss"],
                            previous["last_loss"], previous["tokens_per_second"],
-                           previous["tokens"], previous["train_seconds"], skipped=True)
+                           previous["tokens"], previous["train_seconds"], skipped=True,
+                           evals=previous.get("eval", {}),
+                           data_stats=previous.get("data", {}).get("stats"))
 
     _quiet_libraries()
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -324,9 +363,15 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
     write_metrics_csv(rows, stage_dir / "metrics.csv")
     plot_loss(rows, stage_dir / "loss.png", f"{variant_name} / {stage.name}")
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    builder = datamodule.stream.builder
+    stats = dict(builder.stats) if isinstance(getattr(builder, "stats", None), dict) else None
+    evals = run_evaluators(registry, stage.evaluators, stage_dir / "hf", init)
+    if evals:
+        write_json_atomic(stage_dir / "eval.json", evals)
     result = StageResult(stage.name, stage_dir, trainer.global_step,
                          losses[0] if losses else None, losses[-1] if losses else None,
-                         throughput.mean_tokens_per_second, module.tokens_seen, wall)
+                         throughput.mean_tokens_per_second, module.tokens_seen, wall,
+                         evals=evals, data_stats=stats)
     manifest = {
         "status": "complete",
         "variant": variant_name,
@@ -345,7 +390,9 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
                      "error": i.error} for i in registry.pm.infos.values()],
         "data": {"fingerprint": datamodule.mixture.fingerprint(),
                  "sources": [s.source.describe() for s in datamodule.mixture.sources],
-                 "packing_efficiency": getattr(datamodule.stream.builder, "efficiency", None)},
+                 "packing_efficiency": getattr(builder, "efficiency", None),
+                 "stats": stats},
+        "eval": evals,
         "tokenizer_sha256": sha256_file(stage_dir / "tokenizer" / "tokenizer.model")
         if (stage_dir / "tokenizer" / "tokenizer.model").exists() else None,
         "checkpoint_sha256": sha256_file(stage_dir / "hf" / "model.safetensors"),

@@ -1,7 +1,8 @@
 """Variants: named, ordered recipes of stages. Data, not code paths.
 
 A stage names its objective, its data sources with weights, the model it starts from (a preset, an
-HF folder or hub id, or ``"previous"`` for the previous stage's result) and its hyper-parameters.
+HF folder or hub id, ``"previous"`` for the previous stage's result, or ``"variant:NAME"`` for the
+final model of variant ``NAME`` trained into the same run folder) and its hyper-parameters.
 ``moxin train VARIANT`` resolves every name through the plugin registry and runs the stages in
 order.
 """
@@ -17,6 +18,8 @@ import yaml
 from moxin_core.errors import MoxinError
 
 PREVIOUS = "previous"
+#: ``model: "variant:moxin-tiny-base"`` starts from that variant's final stage in the same ``--out``.
+VARIANT_PREFIX = "variant:"
 
 
 @dataclass
@@ -105,6 +108,8 @@ class Stage:
     objective_options: dict[str, Any] = field(default_factory=dict)
     hparams: HyperParameters = field(default_factory=HyperParameters)
     description: str = ""
+    #: evaluators (registry names) run on the stage's exported model when it finishes
+    evaluators: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """The key facts ``moxin variants`` shows."""
@@ -120,6 +125,7 @@ class Stage:
                 "lr": hp.lr, "schedule": hp.schedule, "precision": hp.precision,
             },
             "description": self.description,
+            "evaluators": list(self.evaluators),
         }
 
 
@@ -189,6 +195,12 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
                 setattr(stage.hparams, name, _coerce(name, raw, current))
             elif name in ("model", "tokenizer"):
                 setattr(stage, name, raw)
+            elif name == "evaluators":
+                value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise MoxinError(f"{where}: {key} must be a list of evaluator names, "
+                                     f"got {raw!r}.")
+                stage.evaluators = value
             elif name == "data":
                 stage.data = _data_specs(raw, f"{where}: {key}")
             elif name.startswith("objective_options."):
@@ -196,7 +208,7 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
             else:
                 raise MoxinError(
                     f"Unknown setting {key!r} in {where}. Settable: {', '.join(_HPARAM_FIELDS)}, "
-                    "model, tokenizer, objective_options.NAME; prefix with a stage name "
+                    "model, tokenizer, data, evaluators, objective_options.NAME; prefix with a stage name "
                     f"({', '.join(stage_names)}) to change one stage only.")
 
 
