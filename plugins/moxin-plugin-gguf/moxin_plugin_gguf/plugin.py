@@ -1,4 +1,4 @@
-"""Hook implementations of moxin-plugin-gguf: registers the ``gguf`` exporter."""
+"""Hook implementations of moxin-plugin-gguf: the ``gguf`` exporter and the ``llama.cpp`` runtime."""
 
 from __future__ import annotations
 
@@ -19,3 +19,12 @@ def _factory() -> Callable[..., Any]:
 def moxin_exporters() -> dict[str, Callable[[], Callable[..., Any]]]:
     """``gguf``: ``export_gguf(model_path, out, force=False, outtype="f16", verify=None)``."""
     return {"gguf": _factory}
+
+
+@hookimpl
+def moxin_runtimes() -> dict[str, type]:
+    """``llama.cpp``: runs ``.gguf`` files (``moxin generate x.gguf``, ``moxin chat x.gguf``)."""
+    # runtime.py imports llama_cpp and gguf only when a file is loaded
+    from moxin_plugin_gguf.runtime import LlamaCppRuntime
+
+    return {"llama.cpp": LlamaCppRuntime}
