@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile $(wildcard plugins/*/pyproject
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	# torch first, from the pinned versions (on the reference machines these come from a local
-	# wheel store); then the core and plugins against the same constraints.
+	# wheel store); then the core and plugins (with their test extras) against the same
+	# constraints.
 	$(PIP) install --quiet -c constraints.txt torch torchvision
-	$(PIP) install --quiet -c constraints.txt -e ".[test]" $(foreach p,$(PLUGINS),-e $(p))
+	$(PIP) install --quiet -c constraints.txt -e ".[test]" $(foreach p,$(PLUGINS),-e "$(p)[test]")
 	touch $(STAMP)
 
 demo: $(STAMP)
