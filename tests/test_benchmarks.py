@@ -22,3 +22,22 @@ def test_train_throughput_benchmark_smoke(tmp_path):
     text = json.dumps(json.loads(report.read_text()))
     for key in ("32-true", "moxin", "bare", "mfu", "efficiency"):
         assert key in text.lower(), key
+
+
+@pytest.mark.slow
+def test_gguf_export_benchmark_smoke(tmp_path):
+    pytest.importorskip("llama_cpp")
+    report = tmp_path / "gguf.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gguf_export.py", "--quick", "--json", str(report)],
+        capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(report.read_text())
+    assert set(data["export"]) == {"f16", "q8_0"}
+    for row in data["export"].values():
+        for run in row["runs"]:
+            assert run["seconds"] > 0 and run["peak_rss_kb"] >= run["baseline_rss_kb"] > 0
+    runtimes = data["generation"]["runtimes"]
+    assert set(runtimes) == {"q8_0", "f16", "hf"}
+    assert all(v > 0 for row in runtimes.values() for v in row["tokens_per_second"])
+    assert "llama.cpp q8_0 / transformers fp32" in result.stdout
