@@ -1,0 +1,110 @@
+"""moxin-tiny-instruct through `moxin train` at nano scale: stages, stats, evaluators, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from moxin_core import hookimpl
+from moxin_core.errors import MoxinError
+from moxin_core.plugins import Registry, get_plugin_manager
+from moxin_core.train import train_variant
+
+NANO = ["seq_len=128", "micro_batch_size=2", "checkpoint_every=2", "log_every=1",
+        "sft.evaluators=[]", "dpo.evaluators=[]",
+        "sft.data=[{source: embedded_instructions, num_examples: 200}]",
+        "dpo.data=[{source: embedded_preferences, num_examples: 100}]"]
+
+
+def _run(out, hf_folder, *extra, registry=None, **kwargs):
+    return train_variant("moxin-tiny-instruct", out, sets=[*NANO, f"sft.model={hf_folder}", *extra],
+                         registry=registry or Registry(), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def instruct_run(tmp_path_factory, hf_folder):
+    out = tmp_path_factory.mktemp("instruct")
+    results = _run(out, hf_folder, "sft.max_steps=4", "dpo.max_steps=4")
+    return out, results
+
+
+def test_sft_then_dpo_write_their_stage_folders(instruct_run):
+    out, (sft, dpo) = instruct_run
+    assert (sft.name, dpo.name) == ("sft", "dpo") and sft.steps == dpo.steps == 4
+    for stage in ("sft", "dpo"):
+        manifest = json.loads((out / stage / "manifest.json").read_text())
+        assert manifest["status"] == "complete"
+        assert (out / stage / "hf" / "model.safetensors").exists()
+    stats = json.loads((out / "sft" / "manifest.json").read_text())["data"]["stats"]
+    assert stats["conversations"] > 0 and stats["assistant_tokens"] > 0
+    header = (out / "dpo" / "metrics.csv").read_text().splitlines()[0]
+    for name in ("train/rewards/chosen", "train/rewards/rejected", "train/rewards/accuracy",
+                 "train/rewards/margin"):
+        assert name in header
+    assert "train/token_loss" in (out / "sft" / "metrics.csv").read_text().splitlines()[0]
+    # the reference log-probs are stored with the run: 4 steps x 2 pairs
+    stored = torch.load(out / "dpo" / "reference_logps.pt", weights_only=True)
+    assert stored["logps"].shape == (8, 4)
+
+
+class _StopAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True  # as a scheduler's SIGTERM does: stop between steps
+
+
+def test_resumed_dpo_reuses_the_stored_reference_log_probs(tmp_path, hf_folder, monkeypatch,
+                                                           capsys):
+    from moxin_plugin_instruct.dpo import DPO
+
+    _run(tmp_path, hf_folder, "sft.max_steps=2", "dpo.max_steps=4", stage="sft")
+
+    class Interrupt:
+        @hookimpl
+        def moxin_callbacks(self, stage, out_dir):
+            return [_StopAt(2)] if stage.name == "dpo" else []
+
+    pm = get_plugin_manager()
+    pm.register_plugin(Interrupt(), name="interrupt", distribution="test", version="0")
+    with pytest.raises(MoxinError, match="stopped at step 2 of 4"):
+        _run(tmp_path, hf_folder, "sft.max_steps=2", "dpo.max_steps=4", stage="dpo",
+             registry=Registry(pm))
+    cache = tmp_path / "dpo" / "reference_logps.pt"
+    first = cache.stat().st_mtime_ns
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("the resumed run recomputed the reference log-probs")
+
+    monkeypatch.setattr(DPO, "_precompute", no_recompute)
+    (result,) = _run(tmp_path, hf_folder, "sft.max_steps=2", "dpo.max_steps=4", stage="dpo",
+                     resume=True)
+    assert result.steps == 4 and cache.stat().st_mtime_ns == first
+    assert "Loaded reference log-probs of 8 pairs" in capsys.readouterr().out
+
+
+def test_instruct_starts_from_the_base_variants_result(tmp_path, hf_folder):
+    with pytest.raises(MoxinError, match="final model of variant 'moxin-tiny-base'.*enhance/hf"):
+        train_variant("moxin-tiny-instruct", tmp_path, stage="sft", sets=NANO + ["max_steps=1"])
+    shutil.copytree(hf_folder, tmp_path / "enhance" / "hf")
+    (result,) = train_variant("moxin-tiny-instruct", tmp_path, stage="sft",
+                              sets=NANO + ["max_steps=1"])
+    assert result.steps == 1
+    config = (tmp_path / "sft" / "config.yaml").read_text()
+    assert str(tmp_path / "enhance" / "hf") in config
+
+
+def test_evaluators_run_after_the_stage_and_are_stored(tmp_path, hf_folder):
+    (sft, dpo) = _run(tmp_path, hf_folder, "sft.max_steps=1", "dpo.max_steps=1",
+                      "sft.evaluators=[heldout-arithmetic]",
+                      "dpo.evaluators=[heldout-preferences]")
+    assert set(sft.evals["heldout-arithmetic"]) == {"accuracy", "answered", "n"}
+    assert sft.evals["heldout-arithmetic"]["n"] == 100
+    scores = json.loads((tmp_path / "dpo" / "eval.json").read_text())["heldout-preferences"]
+    assert 0 <= scores["reward_accuracy"] <= 1 and scores["n"] > 150
