@@ -1,6 +1,7 @@
 """GGUF export time and peak memory, and llama.cpp generation speed beside HF transformers.
 
-Run:  .venv/bin/python benchmarks/gguf_export.py [--quick] [--repeats N] [--new-tokens N] [--json PATH]
+Run:  .venv/bin/python benchmarks/gguf_export.py [--quick] [--repeats N] [--new-tokens N]
+                                                  [--threads N] [--json PATH]
 
 1. A Mistral-architecture model of a few hundred MB is built with random weights (hidden 768,
    12 layers, 12 heads / 4 KV heads, FFN 3072, the project's 2048-piece embedded tokenizer:
@@ -10,11 +11,11 @@ Run:  .venv/bin/python benchmarks/gguf_export.py [--quick] [--repeats N] [--new-
    so the exports run with ``verify=False``: the figures are the writer's cost.
 2. Export: ``export_gguf(hf, out, outtype=f16|q8_0, verify=False)``, each run in a fresh child
    process. The time is measured inside the child around the call (interpreter start-up and
-   imports excluded; the whole process's wall time is reported too); the peak memory is the child's ``ru_maxrss`` as the parent collects it with
-   ``os.wait4`` (the per-child figure ``getrusage(RUSAGE_CHILDREN)`` accumulates), next to the
-   child's ``ru_maxrss`` just before the export (imports: Python, torch, numpy, gguf), the
-   difference, and the model's size on disk. A streamed writer adds about its largest tensor and
-   buffers, not the model size.
+   imports excluded; the whole process's wall time is reported too). The peak memory is the
+   child's ``ru_maxrss`` as the parent collects it with ``os.wait4`` (the per-child figure that
+   ``getrusage(RUSAGE_CHILDREN)`` accumulates), next to the child's ``ru_maxrss`` just before the
+   export (imports: Python, torch, transformers, numpy, gguf), the difference, and the model's
+   size on disk. A streamed writer adds about its largest tensor and buffers, not the model size.
 3. Generation: the same prompt through ``LlamaCppRuntime`` (the runtime behind ``moxin generate
    x.gguf``) on the q8_0 and f16 files and through transformers ``generate`` on the fp32 HF
    folder: greedy, exactly ``--new-tokens`` new tokens (EOS ignored in llama.cpp; HF gets
@@ -212,7 +213,8 @@ def print_report(report: dict[str, Any]) -> None:
           f"hidden {config['hidden_size']}, heads {config['num_attention_heads']}/"
           f"{config['num_key_value_heads']}, FFN {config['intermediate_size']}, vocab "
           f"{config['vocab_size']}: {model['parameters']:,} parameters; model.safetensors "
-          f"{model['safetensors_bytes'] / MB:.1f} MB (f32); largest tensor {model['largest_tensor']} "
+          f"{model['safetensors_bytes'] / MB:.1f} MB (f32); largest tensor "
+          f"{model['largest_tensor']} "
           f"{model['largest_tensor_bytes'] / MB:.1f} MB")
     print(f"\nExport (verify=False), {report['repeats']} runs, each in a fresh process; "
           "median (runs)")
@@ -234,7 +236,8 @@ def print_report(report: dict[str, Any]) -> None:
           "after one warm-up; tok/s median (runs)")
     print(f"{'runtime':<34}{'weights':<18}{'tok/s':<30}{'load s':>8}")
     for row in gen["runtimes"].values():
-        print(f"{row['runtime']:<34}{row['weights']:<18}{_runs(row['tokens_per_second'], '.1f'):<30}"
+        print(f"{row['runtime']:<34}{row['weights']:<18}"
+              f"{_runs(row['tokens_per_second'], '.1f'):<30}"
               f"{row['load_seconds']:>8.2f}")
     ratio = gen["q8_0_over_hf"]
     print(f"llama.cpp q8_0 / transformers fp32: {ratio:.2f}x")

@@ -86,7 +86,7 @@ def exports(tmp_path_factory, hf_folder):
 
 @pytest.fixture(scope="session")
 def moxin_cli() -> Callable[..., subprocess.CompletedProcess]:
-    """``moxin_cli(*args)``: run ``python -m moxin_core.cli ARGS`` (what the ``moxin`` script runs)."""
+    """``moxin_cli(*args)``: ``python -m moxin_core.cli ARGS``, what the ``moxin`` script runs."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
     def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
