@@ -1,23 +1,40 @@
-"""``moxin demo``: the whole tiny pipeline on the embedded defaults, with a summary."""
+"""``moxin demo``: the whole tiny pipeline on the embedded defaults, with a summary.
+
+Tokenizer -> ``moxin-tiny-base`` (three pretraining phases) -> ``moxin-tiny-instruct`` (SFT, DPO)
+with held-out accuracy after each -> HF export -> GGUF ``q8_0`` export answering one chat turn
+through llama.cpp. The instruct and GGUF steps come from plugins (looked up by registry name, the
+core never imports them) and are skipped with a note when those plugins are not installed.
+Figures are printed and stored in ``<out>/demo_summary.json``.
+"""
 
 from __future__ import annotations
 
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from moxin_core.export_hf import export_hf
 from moxin_core.plugins import Registry
 from moxin_core.presets import resolve_config
-from moxin_core.train import ensure_embedded_tokenizer, train_variant
+from moxin_core.reporting import write_json_atomic
+from moxin_core.train import ensure_embedded_tokenizer, run_evaluators, train_variant
 
 DEMO_VARIANT = "moxin-tiny-base"
+INSTRUCT_VARIANT = "moxin-tiny-instruct"
+ARITHMETIC_EVALUATOR = "heldout-arithmetic"
 DEMO_PROMPT = "Question: Mia has 12 apples. She buys 7 more apples."
+DEMO_QUESTION = "Mia has 12 apples. She buys 7 more. How many apples does Mia have now?"
 
 
-def run_demo(out: str | Path = "runs/demo", fresh: bool = True) -> dict:
-    """Tokenizer -> moxin-tiny-base (three phases) -> HF export -> a generated sample."""
+def _has(registry: Registry, category: str, name: str) -> bool:
+    return name in registry.names(category)
+
+
+def run_demo(out: str | Path = "runs/demo", fresh: bool = True) -> dict[str, Any]:
+    """Run every demo step into ``out`` (replaced when ``fresh``); returns the summary dict."""
     from moxin_core.cli import generate
+    from moxin_core.runtime import load_runtime
 
     out = Path(out)
     if fresh and out.exists():
@@ -25,29 +42,84 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True) -> dict:
     started = time.perf_counter()
     registry = Registry()
     variant = registry.get("variants", DEMO_VARIANT)()
+    instruct = _has(registry, "variants", INSTRUCT_VARIANT)
+    gguf = _has(registry, "exporters", "gguf")
+    steps = 5 + instruct + gguf
+    step = iter(range(1, steps + 1))
     vocab = resolve_config(variant.stages[0].model, registry).vocab_size
-    print(f"[1/4] Training the tokenizer on the embedded corpus (vocab {vocab}) ...")
+    print(f"[{next(step)}/{steps}] Training the tokenizer on the embedded corpus (vocab {vocab}) ...")
     ensure_embedded_tokenizer(out / "tokenizer", vocab)
-    print(f"[2/4] Pretraining {DEMO_VARIANT}: "
+    print(f"[{next(step)}/{steps}] Pretraining {DEMO_VARIANT}: "
           + " -> ".join(s.name for s in variant.stages) + " ...")
     results = train_variant(DEMO_VARIANT, out, registry=registry)
+    accuracy: dict[str, dict[str, float]] = {}
+    if instruct:
+        print(f"[{next(step)}/{steps}] Held-out arithmetic accuracy of the base model ...")
+        accuracy[results[-1].name] = run_evaluators(
+            registry, [ARITHMETIC_EVALUATOR], results[-1].out_dir / "hf", "")[ARITHMETIC_EVALUATOR]
+        print(f"[{next(step)}/{steps}] Instruction tuning {INSTRUCT_VARIANT}: SFT -> DPO ...")
+        tuned = train_variant(INSTRUCT_VARIANT, out, registry=registry)
+        for r in tuned:
+            if ARITHMETIC_EVALUATOR in r.evals:
+                accuracy[r.name] = r.evals[ARITHMETIC_EVALUATOR]
+        results += tuned
+    else:
+        print("(moxin-plugin-instruct is not installed: skipping SFT and DPO)")
     final = results[-1].out_dir
-    print("[3/4] Exporting the final model to HF format ...")
+    print(f"[{next(step)}/{steps}] Exporting the final model to HF format ...")
     export_dir = export_hf(final, out / "export-hf", force=True)
-    print("[4/4] Generating a sample ...")
-    sample = generate(str(export_dir), DEMO_PROMPT, max_new_tokens=40)
+    print(f"[{next(step)}/{steps}] Generating a sample ...")
+    sample = generate(str(results[len(variant.stages) - 1].out_dir / "hf"), DEMO_PROMPT,
+                      max_new_tokens=40)
+    chat_reply, gguf_path = None, None
+    if gguf:
+        print(f"[{next(step)}/{steps}] Exporting to GGUF q8_0 and chatting through llama.cpp ...")
+        exporter = registry.get("exporters", "gguf")()
+        gguf_path = exporter(str(final), str(out / "model-q8_0.gguf"), force=True, outtype="q8_0")
+        runtime = load_runtime(str(gguf_path), registry)
+        chat_reply = runtime.chat([{"role": "user", "content": DEMO_QUESTION}], max_new_tokens=48)
+    else:
+        print("(moxin-plugin-gguf is not installed: skipping the GGUF export)")
     wall = time.perf_counter() - started
 
-    print("\n" + "=" * 72)
-    print(f"moxin demo: {DEMO_VARIANT} in {wall:.0f} s")
+    print("\n" + "=" * 76)
+    print(f"moxin demo: {DEMO_VARIANT}" + (f" + {INSTRUCT_VARIANT}" if instruct else "")
+          + f" in {wall:.0f} s")
     for r in results:
         print(f"  {r.name:<14} loss {r.first_loss:.3f} -> {r.last_loss:.3f}  "
               f"{r.steps:>4} steps  {r.tokens_per_second:,.0f} tokens/s  {r.out_dir}")
-    first, last = results[0].first_loss, results[-1].last_loss
-    print(f"  overall loss {first:.3f} -> {last:.3f} ({last / first:.0%} of the first step)")
+    base = results[: len(variant.stages)]
+    first, last = base[0].first_loss, base[-1].last_loss
+    print(f"  pretraining loss {first:.3f} -> {last:.3f} ({last / first:.0%} of the first step)")
+    for stage, scores in accuracy.items():
+        print(f"  held-out arithmetic accuracy after {stage:<8} {scores['accuracy']:.0%} "
+              f"(answered {scores['answered']:.0%} of {scores['n']:.0f})")
+    preference = next((r.evals["heldout-preferences"] for r in results
+                       if "heldout-preferences" in r.evals), None)
+    if preference:
+        print(f"  held-out DPO reward accuracy          {preference['reward_accuracy']:.0%} "
+              f"(margin {preference['margin']:.3f}, {preference['n']:.0f} pairs)")
     print(f"  HF export:   {export_dir}  (AutoModelForCausalLM.from_pretrained loads it)")
-    print(f"  loss plots:  {', '.join(str(r.out_dir / 'loss.png') for r in results)}")
+    print(f"  loss plots:  {out}/<stage>/loss.png")
     print(f"  prompt:      {DEMO_PROMPT}")
     print(f"  completion:  {sample.strip()}")
-    print("=" * 72)
-    return {"results": results, "export": export_dir, "sample": sample, "seconds": wall}
+    if gguf_path is not None:
+        print(f"  GGUF q8_0:   {gguf_path}")
+        print(f"  llama.cpp chat  user: {DEMO_QUESTION}")
+        print(f"                  assistant: {chat_reply}")
+    print("=" * 76)
+    summary = {
+        "seconds": round(wall, 1),
+        "stages": [{"name": r.name, "steps": r.steps, "first_loss": r.first_loss,
+                    "last_loss": r.last_loss, "tokens_per_second": r.tokens_per_second,
+                    "evals": r.evals, "folder": str(r.out_dir)} for r in results],
+        "heldout_arithmetic_accuracy": {k: v["accuracy"] for k, v in accuracy.items()},
+        "heldout_reward_accuracy": preference["reward_accuracy"] if preference else None,
+        "hf_export": str(export_dir),
+        "sample": {"prompt": DEMO_PROMPT, "completion": sample},
+        "gguf": str(gguf_path) if gguf_path else None,
+        "gguf_chat": {"user": DEMO_QUESTION, "assistant": chat_reply} if gguf_path else None,
+    }
+    write_json_atomic(out / "demo_summary.json", summary)
+    return {"results": results, "export": export_dir, "sample": sample, "seconds": wall,
+            "summary": summary}

@@ -121,7 +121,9 @@ class Stage:
             "model": self.model,
             "hyper_parameters": {
                 "max_steps": hp.max_steps, "seq_len": hp.seq_len,
-                "global_batch": hp.micro_batch_size * hp.grad_accum,
+                # per optimizer step over every device (devices="auto": counted as one)
+                "global_batch": hp.micro_batch_size * hp.grad_accum * hp.num_nodes
+                * (hp.devices if isinstance(hp.devices, int) else 1),
                 "lr": hp.lr, "schedule": hp.schedule, "precision": hp.precision,
             },
             "description": self.description,

@@ -76,7 +76,7 @@ def moxin_tiny_instruct() -> Variant:
         stages=[
             Stage("sft", "sft", [TINY_SFT], model="variant:moxin-tiny-base",
                   objective_options={"reduction": "sum"},
-                  hparams=_tiny(seq_len=256, lr=1e-3, warmup_ratio=0.03, max_steps=150),
+                  hparams=_tiny(seq_len=256, lr=2e-3, warmup_ratio=0.03, max_steps=300),
                   evaluators=["heldout-arithmetic"],
                   description="SFT on generated instructions (assistant tokens only)."),
             Stage("dpo", "dpo", [TINY_PREFERENCES], model=PREVIOUS,

@@ -108,3 +108,20 @@ def test_evaluators_run_after_the_stage_and_are_stored(tmp_path, hf_folder):
     assert sft.evals["heldout-arithmetic"]["n"] == 100
     scores = json.loads((tmp_path / "dpo" / "eval.json").read_text())["heldout-preferences"]
     assert 0 <= scores["reward_accuracy"] <= 1 and scores["n"] > 150
+
+
+def test_moxin_instruct_carries_the_tulu3_hyperparameters():
+    variant = Registry().get("variants", "moxin-instruct")()
+    sft, dpo = variant.stages
+    assert (sft.objective, dpo.objective) == ("sft", "dpo") and dpo.model == "previous"
+    assert sft.objective_options["reduction"] == "sum"
+    assert (sft.hparams.lr, sft.hparams.schedule, sft.hparams.warmup_ratio) == (5e-6, "linear", 0.03)
+    assert (sft.hparams.weight_decay, sft.hparams.seq_len) == (0.0, 4096)
+    assert dpo.objective_options == {"loss_type": "dpo_norm", "beta": 5.0,
+                                     "reference": "precomputed"}
+    assert (dpo.hparams.lr, dpo.hparams.warmup_ratio, dpo.hparams.seq_len) == (5e-7, 0.1, 2048)
+    for stage in (sft, dpo):
+        assert stage.summary()["hyper_parameters"]["global_batch"] == 128
+    tiny = Registry().get("variants", "moxin-tiny-instruct")()
+    assert tiny.stages[0].model == "variant:moxin-tiny-base"
+    assert tiny.stages[1].evaluators == ["heldout-arithmetic", "heldout-preferences"]
