@@ -99,9 +99,21 @@ def describe_model(hf: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def _status_kb(key: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``: resident now, ``VmHWM``: its peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
 def child_export(hf: str, out: str, outtype: str, result: str) -> None:
-    """Runs in the child: import, note ru_maxrss, export, write timings to ``result``."""
-    # everything the export imports, imported before the baseline: the timed call is the writer
+    """Runs in the child: imports, then the export alone, timed and with its own memory peak.
+
+    The peak-RSS mark is reset (``/proc/self/clear_refs``, Linux >= 4.0) after the imports, so
+    ``VmHWM`` afterwards is the peak during the export, not the imports' transient peak.
+    """
+    # everything the export imports, imported first: the timed call is the writer
     import gguf  # noqa: F401
     import numpy  # noqa: F401
     import torch  # noqa: F401
@@ -110,15 +122,23 @@ def child_export(hf: str, out: str, outtype: str, result: str) -> None:
     from moxin_plugin_gguf import writer  # noqa: F401
     from moxin_plugin_gguf.export import export_gguf
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    imports_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _status_kb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
     start = time.perf_counter()
     export_gguf(hf, out, force=True, outtype=outtype, verify=False)
     seconds = time.perf_counter() - start
-    Path(result).write_text(json.dumps({"seconds": seconds, "baseline_maxrss_kb": baseline}))
+    Path(result).write_text(json.dumps({
+        "seconds": seconds, "rss_before_kb": before, "imports_peak_kb": imports_peak,
+        "export_peak_kb": _status_kb("VmHWM"), "peak_was_reset": reset}))
 
 
 def measure_export(hf: Path, out: Path, outtype: str, log: Path) -> dict[str, Any]:
-    """One export in a fresh process: seconds, peak RSS (kB), RSS before the export (kB)."""
+    """One export in a fresh process: seconds and memory (kB) of the export and the process."""
     result = log.with_suffix(".json")
     command = [sys.executable, __file__, "--child-export", str(hf), str(out), outtype,
                str(result)]
@@ -132,8 +152,7 @@ def measure_export(hf: Path, out: Path, outtype: str, log: Path) -> dict[str, An
         raise SystemExit(f"export {outtype} failed (exit {process.returncode}):\n"
                          + log.read_text()[-3000:])
     inner = json.loads(result.read_text())
-    return {"seconds": inner["seconds"], "process_seconds": wall,
-            "peak_rss_kb": usage.ru_maxrss, "baseline_rss_kb": inner["baseline_maxrss_kb"],
+    return {**inner, "process_seconds": wall, "process_maxrss_kb": usage.ru_maxrss,
             "file_bytes": out.stat().st_size}
 
 
@@ -217,19 +236,23 @@ def print_report(report: dict[str, Any]) -> None:
           f"{model['largest_tensor']} "
           f"{model['largest_tensor_bytes'] / MB:.1f} MB")
     print(f"\nExport (verify=False), {report['repeats']} runs, each in a fresh process; "
-          "median (runs)")
-    print(f"{'outtype':<8}{'file MB':>9}  {'export s':<24}{'process s':>10}  {'peak RSS MB':<22}"
-          f"{'before export MB':>17}{'added MB':>10}{'added / model':>15}")
+          "median (runs); memory in MB (RSS)")
+    print(f"{'outtype':<8}{'file MB':>8}  {'export s':<24}{'process s':>9}{'before':>8}  "
+          f"{'peak during export':<22}{'added':>6}{'added/model':>12}{'process peak':>13}")
     for outtype, row in report["export"].items():
-        peaks = [r["peak_rss_kb"] / 1e3 for r in row["runs"]]
-        base = statistics.median(r["baseline_rss_kb"] / 1e3 for r in row["runs"])
-        added = statistics.median(peaks) - base
-        print(f"{outtype:<8}{row['file_bytes'] / MB:>9.1f}  "
-              f"{_runs([r['seconds'] for r in row['runs']], '.2f'):<24}"
-              f"{statistics.median(r['process_seconds'] for r in row['runs']):>10.1f}  "
-              f"{_runs(peaks, '.0f'):<22}"
-              f"{base:>17.0f}{added:>10.0f}"
-              f"{added * MB / model['safetensors_bytes']:>15.0%}")
+        runs = row["runs"]
+        peaks = [r["export_peak_kb"] / 1e3 for r in runs]
+        before = statistics.median(r["rss_before_kb"] / 1e3 for r in runs)
+        added = statistics.median(peaks) - before
+        print(f"{outtype:<8}{row['file_bytes'] / MB:>8.1f}  "
+              f"{_runs([r['seconds'] for r in runs], '.2f'):<24}"
+              f"{statistics.median(r['process_seconds'] for r in runs):>9.1f}{before:>8.0f}  "
+              f"{_runs(peaks, '.0f'):<22}{added:>6.0f}"
+              f"{added * MB / model['safetensors_bytes']:>12.0%}"
+              f"{statistics.median(r['process_maxrss_kb'] / 1e3 for r in runs):>13.0f}")
+    print("  before: resident after the imports; peak during export: VmHWM, reset after the "
+          "imports;\n  added = peak - before; process peak: the child's ru_maxrss from os.wait4 "
+          "(imports included)")
     gen = report["generation"]
     print(f"\nGeneration: {gen['new_tokens']} new tokens after a {gen['prompt_tokens']}-token "
           f"prompt, greedy, {gen['threads']} threads; {report['repeats']} interleaved rounds "
@@ -241,7 +264,8 @@ def print_report(report: dict[str, Any]) -> None:
               f"{row['load_seconds']:>8.2f}")
     ratio = gen["q8_0_over_hf"]
     print(f"llama.cpp q8_0 / transformers fp32: {ratio:.2f}x")
-    print(f"Load average before start: {report['load_average_start']:.2f}")
+    print(f"Load average (1 min) before start: {report['load_average_start']:.2f}, at the end: "
+          f"{report['load_average_end']:.2f} (this run itself adds up to ~1)")
 
 
 def main() -> None:
@@ -300,8 +324,9 @@ def main() -> None:
             runs = []
             for r in range(repeats):
                 runs.append(measure_export(hf, out, outtype, workdir / f"export-{outtype}-{r}.log"))
-                print(f"  export {outtype} run {r + 1}: {runs[-1]['seconds']:.2f} s, peak RSS "
-                      f"{runs[-1]['peak_rss_kb'] / 1e3:.0f} MB", flush=True)
+                print(f"  export {outtype} run {r + 1}: {runs[-1]['seconds']:.2f} s, RSS "
+                      f"{runs[-1]['rss_before_kb'] / 1e3:.0f} -> peak "
+                      f"{runs[-1]['export_peak_kb'] / 1e3:.0f} MB", flush=True)
             report["export"][outtype] = {"file_bytes": runs[-1]["file_bytes"], "runs": runs}
 
         # label -> (generator, runtime, weights)
@@ -340,6 +365,7 @@ def main() -> None:
         if temporary is not None:
             temporary.cleanup()
 
+    report["load_average_end"] = os.getloadavg()[0]
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))

@@ -36,7 +36,8 @@ def test_gguf_export_benchmark_smoke(tmp_path):
     assert set(data["export"]) == {"f16", "q8_0"}
     for row in data["export"].values():
         for run in row["runs"]:
-            assert run["seconds"] > 0 and run["peak_rss_kb"] >= run["baseline_rss_kb"] > 0
+            assert run["seconds"] > 0 and run["export_peak_kb"] >= run["rss_before_kb"] > 0
+            assert run["process_maxrss_kb"] >= run["rss_before_kb"]
     runtimes = data["generation"]["runtimes"]
     assert set(runtimes) == {"q8_0", "f16", "hf"}
     assert all(v > 0 for row in runtimes.values() for v in row["tokens_per_second"])
