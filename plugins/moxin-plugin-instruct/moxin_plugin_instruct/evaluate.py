@@ -1,8 +1,9 @@
 """Held-out evaluators on the embedded instruction data.
 
-* ``heldout-arithmetic``: greedy chat replies to held-out arithmetic word problems; a reply is right
-  when its "The answer is N." names the expected number. Scores: ``accuracy``, ``answered`` (share
-  of replies that state an answer at all), ``n``.
+* ``heldout-arithmetic``: greedy chat replies to 300 held-out arithmetic word problems; a reply is
+  right when its "The answer is N." names the expected number. Scores: ``accuracy``, ``answered``
+  (share of replies that state an answer at all), ``n``. With 300 questions one standard error of
+  an accuracy near 20% is 2.3 points (100 questions: 4 points).
 * ``heldout-preferences``: DPO reward accuracy on held-out preference pairs: the share of pairs
   where ``log-ratio(chosen) > log-ratio(rejected)`` against the ``reference`` model (per-token mean
   log-probabilities, as ``dpo_norm`` uses them). Scores: ``reward_accuracy``, ``margin``, ``n``.
@@ -56,7 +57,7 @@ def chat_replies(model: Any, tokenizer: Any, conversations: list[list[dict]],
 class HeldoutArithmetic:
     """Exact-answer accuracy on ``num`` held-out arithmetic questions (see the module docstring)."""
 
-    def __init__(self, num: int = 100, seed: int = 0, max_new_tokens: int = 64) -> None:
+    def __init__(self, num: int = 300, seed: int = 0, max_new_tokens: int = 64) -> None:
         if num <= 0:
             raise MoxinError(f"heldout-arithmetic: num must be positive, got {num}.")
         self.num, self.seed, self.max_new_tokens = num, seed, max_new_tokens

@@ -105,7 +105,7 @@ def test_evaluators_run_after_the_stage_and_are_stored(tmp_path, hf_folder):
                       "sft.evaluators=[heldout-arithmetic]",
                       "dpo.evaluators=[heldout-preferences]")
     assert set(sft.evals["heldout-arithmetic"]) == {"accuracy", "answered", "n"}
-    assert sft.evals["heldout-arithmetic"]["n"] == 100
+    assert sft.evals["heldout-arithmetic"]["n"] == 300
     scores = json.loads((tmp_path / "dpo" / "eval.json").read_text())["heldout-preferences"]
     assert 0 <= scores["reward_accuracy"] <= 1 and scores["n"] > 150
 
