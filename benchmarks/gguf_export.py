@@ -51,6 +51,38 @@ QUICK_MODEL = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads"
 
 
 # --------------------------------------------------------------------------------------------
+# Other processes
+# --------------------------------------------------------------------------------------------
+
+
+class OtherCPU:
+    """CPU seconds other processes used between ``start()`` and ``stop()``.
+
+    Busy time of the whole machine (``/proc/stat``) minus this process's and its waited-for
+    children's (``os.times``): on a 2-core machine a neighbour's training run slows llama.cpp's
+    spinning threads several-fold, so every measurement records how busy the machine was.
+    """
+
+    def __init__(self) -> None:
+        self._start = (0.0, 0.0)
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float]:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
+        machine = (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+        mine = os.times()
+        return machine, mine.user + mine.system + mine.children_user + mine.children_system
+
+    def start(self) -> None:
+        self._start = self._snapshot()
+
+    def stop(self) -> float:
+        machine, mine = self._snapshot()
+        return max(0.0, (machine - self._start[0]) - (mine - self._start[1]))
+
+
+# --------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------
 
@@ -250,6 +282,9 @@ def print_report(report: dict[str, Any]) -> None:
               f"{_runs(peaks, '.0f'):<22}{added:>6.0f}"
               f"{added * MB / model['safetensors_bytes']:>12.0%}"
               f"{statistics.median(r['process_maxrss_kb'] / 1e3 for r in runs):>13.0f}")
+    print("  other processes' CPU seconds per run: " + "; ".join(
+        f"{outtype} " + ", ".join(f"{r['other_cpu_seconds']:.1f}" for r in row["runs"])
+        for outtype, row in report["export"].items()))
     print("  before: resident after the imports; peak during export: VmHWM, reset after the "
           "imports;\n  added = peak - before; process peak: the child's ru_maxrss from os.wait4 "
           "(imports included)")
@@ -262,6 +297,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"{row['runtime']:<34}{row['weights']:<18}"
               f"{_runs(row['tokens_per_second'], '.1f'):<30}"
               f"{row['load_seconds']:>8.2f}")
+    print("  other processes' CPU seconds per round: "
+          + ", ".join(f"{v:.1f}" for v in gen["other_cpu_seconds_per_round"]))
     ratio = gen["q8_0_over_hf"]
     print(f"llama.cpp q8_0 / transformers fp32: {ratio:.2f}x")
     print(f"Load average (1 min) before start: {report['load_average_start']:.2f}, at the end: "
@@ -319,14 +356,19 @@ def main() -> None:
         report["model"] = describe_model(hf)
 
         report["export"] = {}
+        others = OtherCPU()
         for outtype in ("f16", "q8_0"):
             out = workdir / f"model.{outtype}.gguf"
             runs = []
             for r in range(repeats):
+                others.start()
                 runs.append(measure_export(hf, out, outtype, workdir / f"export-{outtype}-{r}.log"))
+                runs[-1]["other_cpu_seconds"] = others.stop()
                 print(f"  export {outtype} run {r + 1}: {runs[-1]['seconds']:.2f} s, RSS "
                       f"{runs[-1]['rss_before_kb'] / 1e3:.0f} -> peak "
-                      f"{runs[-1]['export_peak_kb'] / 1e3:.0f} MB", flush=True)
+                      f"{runs[-1]['export_peak_kb'] / 1e3:.0f} MB; other processes "
+                      f"{runs[-1]['other_cpu_seconds']:.1f} CPU s during the "
+                      f"{runs[-1]['process_seconds']:.1f} s process", flush=True)
             report["export"][outtype] = {"file_bytes": runs[-1]["file_bytes"], "runs": runs}
 
         # label -> (generator, runtime, weights)
@@ -344,12 +386,18 @@ def main() -> None:
         seconds: dict[str, list[float]] = {label: [] for label in generators}
         for generator, _, _ in generators.values():
             generator.run(ids, min(8, new_tokens))  # warm-up
+        other_cpu: list[float] = []
         for r in range(repeats):
+            others.start()
+            started = time.perf_counter()
             for label, (generator, _, _) in generators.items():
                 seconds[label].append(generator.run(ids, new_tokens))
+            other_cpu.append(others.stop())
             print(f"  generation round {r + 1}: " + ", ".join(
                 f"{runtime.split()[0]} {weights} {new_tokens / seconds[label][-1]:.1f} tok/s"
-                for label, (_, runtime, weights) in generators.items()), flush=True)
+                for label, (_, runtime, weights) in generators.items())
+                + f"; other processes {other_cpu[-1]:.1f} CPU s in "
+                f"{time.perf_counter() - started:.1f} s", flush=True)
         rows = {label: {"runtime": runtime, "weights": weights, "load_seconds": g.load_seconds,
                         "tokens_per_second": [new_tokens / s for s in seconds[label]]}
                 for label, (g, runtime, weights) in generators.items()}
@@ -357,6 +405,7 @@ def main() -> None:
                    for label, row in rows.items()}
         report["generation"] = {"prompt_tokens": len(ids), "new_tokens": new_tokens,
                                 "threads": threads, "runtimes": rows,
+                                "other_cpu_seconds_per_round": other_cpu,
                                 "q8_0_over_hf": medians["q8_0"] / medians["hf"]}
         for generator, _, _ in generators.values():
             if isinstance(generator, LlamaGenerator):
