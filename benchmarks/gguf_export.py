@@ -43,7 +43,7 @@ PROMPT = ("Question: Mia has 12 apples and buys 30 more. How many apples does sh
           "Answer:")
 MB = 1e6
 
-#: the model of the full run (~107 M parameters) and of --quick (~5 M)
+#: the model of the full run (~107 M parameters) and of --quick (~3 M)
 FULL_MODEL = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
               "num_key_value_heads": 4, "head_dim": 64, "intermediate_size": 3072}
 QUICK_MODEL = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8,
@@ -308,7 +308,7 @@ def print_report(report: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="a ~5 M-parameter model, 1 run, 16 new tokens (a smoke test)")
+                    help="a ~3 M-parameter model, 1 run, 16 new tokens (a smoke test)")
     ap.add_argument("--repeats", type=int, help="runs per export and generation (default 3; "
                     "quick 1)")
     ap.add_argument("--new-tokens", type=int, help="new tokens per generation (default 64; "
