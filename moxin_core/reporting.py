@@ -75,7 +75,7 @@ def plot_loss(rows: list[dict[str, float]], path: Path, title: str) -> None:
         ax_loss.annotate(f"{losses[-1]:.2f}", (steps[-1], losses[-1]), textcoords="offset points",
                          xytext=(-30, 8))
         ax_loss.legend(loc="upper right")
-    ax_loss.set_ylabel("train loss (nats/token)")
+    ax_loss.set_ylabel("train loss")  # nats/token for lm; a sum (sft) or a DPO loss otherwise
     ax_loss.set_title(title)
     ax_loss.grid(alpha=0.3)
     lr_key = "lr" if any("lr" in r for r in rows) else None
