@@ -66,11 +66,13 @@ class TransformersRuntime(Runtime):
         return not str(model).endswith(".gguf")
 
     def __init__(self, model: str) -> None:
+        import transformers
         from transformers import AutoModelForCausalLM
 
         from moxin_core.export_hf import resolve_model_folder
         from moxin_core.tokenizer import load_tokenizer
 
+        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in a chat
         folder = resolve_model_folder(model)
         self.tokenizer = load_tokenizer(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder)
