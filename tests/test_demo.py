@@ -12,6 +12,7 @@ from tests.conftest import checkpoint_logits, hf_logits_without_moxin, run_cli
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # ~9 min on a quiet 2-core CPU; the suite default is 900 s per test
 def test_demo_trains_exports_and_generates(tmp_path):
     out = tmp_path / "demo"
     result = run_cli("demo", "--out", str(out), timeout=2400)
