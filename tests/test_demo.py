@@ -28,9 +28,9 @@ def test_demo_trains_exports_and_generates(tmp_path):
     for stage in stages:
         assert (out / stage / "loss.png").stat().st_size > 10_000
 
-    # the exported folder reloads with plain transformers and gives the trained model's logits
+    # the exported folder reloads with plain transformers and gives the final model's logits
     loaded = hf_logits_without_moxin(out / "export-hf", "Question: Mia has 12 apples.")
-    trained = checkpoint_logits(out / "enhance", loaded["ids"])
+    trained = checkpoint_logits(out / "dpo", loaded["ids"])  # the demo's final stage
     torch.testing.assert_close(torch.tensor(loaded["logits"]), trained, atol=1e-5, rtol=0)
 
     # instruction tuning: SFT answers held-out questions far better than the base model; DPO
