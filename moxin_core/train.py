@@ -342,6 +342,11 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
             raise MoxinError(f"Stage {stage.name!r} was terminated (SIGTERM) at step "
                              f"{trainer.global_step}. Last checkpoint: {last or 'none yet'}. "
                              "Continue with the same command and --resume.") from None
+        except SystemExit:
+            # Lightning >= 2.6 ends a fit stopped by Ctrl-C with sys.exit(1) after its shutdown;
+            # say where the run stands instead of exiting silently
+            if not trainer.interrupted:
+                raise
     if trainer.interrupted:
         last = latest_checkpoint(checkpoint_dir)
         raise MoxinError(f"Stage {stage.name!r} was interrupted at step {trainer.global_step}. "

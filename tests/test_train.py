@@ -225,3 +225,23 @@ def test_cli_chat_uses_the_chat_template(finished, tmp_path):
     assert piped.returncode == 0 and piped.stdout.count("assistant> ") == 1, piped.stdout
     assert_clean_error(run_cli("chat", str(tmp_path / "missing.gguf"), "--message", "x"),
                        "missing.gguf")
+
+
+def test_ctrl_c_reports_the_last_checkpoint_and_resume(tmp_path, nano_tokenizer):
+    class CtrlC(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 3:
+                raise KeyboardInterrupt
+
+    class Plugin:
+        @hookimpl
+        def moxin_callbacks(self, stage, out_dir):
+            return [CtrlC()]
+
+    pm = get_plugin_manager()
+    pm.register_plugin(Plugin(), name="ctrl-c", distribution="test", version="0")
+    with pytest.raises(MoxinError, match=r"interrupted at step 3\. Last checkpoint: .*step=000002"
+                                         r".*--resume"):
+        nano_run(tmp_path, nano_tokenizer, Registry(pm))
+    (result,) = nano_run(tmp_path, nano_tokenizer, Registry(), resume=True)
+    assert result.steps == 6
