@@ -15,25 +15,36 @@ from collections.abc import Sequence
 from typing import Any
 
 from moxin_core.errors import MoxinError
+from moxin_core.tokenizer import reply_stop_ids
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 
 
-def check_messages(messages: Sequence[Message], where: str = "conversation") -> None:
-    """Roles must be system/user/assistant with string contents (a clear error otherwise)."""
+def check_messages(messages: Any, where: str = "conversation") -> list[Message]:
+    """The turns as ``[{"role", "content"}]`` (other keys dropped), after checking that they form
+    a non-empty list with roles system/user/assistant and string contents (clear errors naming
+    ``where`` and the turn otherwise)."""
+    if not isinstance(messages, (list, tuple)):
+        raise MoxinError(f"{where}: `messages` must be a non-empty list of "
+                         f"{{'role': ..., 'content': ...}} turns, got {type(messages).__name__}.")
     if not messages:
-        raise MoxinError(f"{where}: no messages.")
+        raise MoxinError(f"{where}: no messages; `messages` must be a non-empty list of "
+                         "{'role': ..., 'content': ...} turns.")
+    clean = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise MoxinError(f"{where}: message {i} must be {{'role': ..., 'content': ...}}, "
                              f"got {message!r}.")
-        if message["role"] not in ROLES:
-            raise MoxinError(f"{where}: message {i} has unknown role {message['role']!r}; use "
-                             f"{', '.join(ROLES)}.")
-        if not isinstance(message["content"], str):
-            raise MoxinError(f"{where}: message {i} content is {type(message['content']).__name__}, "
-                             "expected a string.")
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            raise MoxinError(f"{where}: message {i} has unknown role {role!r}; the Moxin chat "
+                             f"template knows {', '.join(ROLES)}.")
+        if not isinstance(content, str):
+            raise MoxinError(f"{where}: message {i} ({role}) content is "
+                             f"{type(content).__name__}, expected a string.")
+        clean.append({"role": role, "content": content})
+    return clean
 
 
 class Runtime(ABC):
@@ -80,6 +91,7 @@ class TransformersRuntime(Runtime):
 
     def _generate(self, ids: Any, max_new_tokens: int, temperature: float,
                   stop_ids: Sequence[int] = ()) -> str:
+        """``stop_ids`` end generation besides EOS."""
         import torch
 
         kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
@@ -87,7 +99,8 @@ class TransformersRuntime(Runtime):
             kwargs.update(do_sample=True, temperature=temperature, top_p=0.95)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        eos = [i for i in (self.tokenizer.eos_token_id, *stop_ids) if i is not None]
+        eos = list(dict.fromkeys(i for i in (self.tokenizer.eos_token_id, *stop_ids)
+                                 if i is not None))
         with torch.no_grad():
             output = self.model.generate(ids, attention_mask=torch.ones_like(ids),
                                          eos_token_id=eos, pad_token_id=eos[0], **kwargs)
@@ -99,15 +112,14 @@ class TransformersRuntime(Runtime):
 
     def chat(self, messages: Sequence[Message], max_new_tokens: int = 256,
              temperature: float = 0.0) -> str:
-        check_messages(messages)
+        messages = check_messages(messages)
         if self.tokenizer.chat_template is None:
             raise MoxinError("This model's tokenizer has no chat template; use `moxin generate` "
                              "without --chat, or a tokenizer folder that carries one.")
-        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                  return_tensors="pt", return_dict=True)["input_ids"]
-        end = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        stop = [end] if isinstance(end, int) and end != self.tokenizer.unk_token_id else []
-        return self._generate(ids, max_new_tokens, temperature, stop).strip()
+        return self._generate(ids, max_new_tokens, temperature,
+                              reply_stop_ids(self.tokenizer)).strip()
 
 
 def load_runtime(model: str, registry: Any = None, runtime: str | None = None) -> Runtime:

@@ -24,7 +24,9 @@ from pathlib import Path
 from moxin_core.errors import MoxinError
 
 #: Roles and markers of the Moxin chat format (DESIGN.md §2).
-CHAT_SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>")
+#: closes every assistant reply in the chat template; generation of a reply stops there
+END_OF_TURN = "<|endoftext|>"
+CHAT_SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", END_OF_TURN)
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 
 #: ``<|system|>\n{system}\n<|user|>\n{user}\n<|assistant|>\n{reply}<|endoftext|>``; turns repeat,
@@ -166,3 +168,13 @@ def load_tokenizer(path: str | Path):
     except Exception as exc:
         raise MoxinError(f"Could not load a tokenizer from {str(path)!r}: "
                          f"{type(exc).__name__}: {exc}") from None
+
+
+def reply_stop_ids(tokenizer) -> list[int]:
+    """Ids that end an assistant reply: EOS, and the end-of-turn marker when the vocabulary has
+    it (a tokenizer without it maps the marker to ``<unk>``, which must not stop generation)."""
+    stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    if isinstance(end, int) and end != tokenizer.unk_token_id and end not in stop:
+        stop.append(end)
+    return stop

@@ -28,13 +28,12 @@ from typing import Any
 
 from moxin_core import MoxinError
 from moxin_core.runtime import Message, Runtime, check_messages
+from moxin_core.tokenizer import END_OF_TURN
 
 #: the largest context the runtime allocates (tokens)
 MAX_CONTEXT = 4096
 #: the sampler's seed: sampled output (temperature > 0) is reproducible run to run
 SEED = 42  # not 0: llama-cpp-python reads a seed of 0 as "random"
-#: ends an assistant turn in the Moxin chat template
-END_OF_TURN = "<|endoftext|>"
 GGUF_MAGIC = b"GGUF"
 GGML_TYPE_F32 = 0  # ggml_type of the KV cache for f32 files
 LLAMA_FTYPE_ALL_F32 = 0  # general.file_type of an f32 file

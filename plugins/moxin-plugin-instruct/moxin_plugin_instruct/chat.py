@@ -15,7 +15,7 @@ from typing import Any
 
 from moxin_core.data.sources import ORIGIN
 from moxin_core.errors import MoxinError
-from moxin_core.runtime import ROLES
+from moxin_core.runtime import check_messages
 
 Message = dict[str, str]
 
@@ -25,26 +25,18 @@ def origin_of(record: dict) -> str:
 
 
 def check_conversation(messages: Any, where: str, need_assistant: bool = True) -> list[Message]:
-    """A list of ``{"role", "content"}`` with known roles; errors name ``where`` and the turn."""
-    if not isinstance(messages, list) or not messages:
-        raise MoxinError(f"{where}: `messages` must be a non-empty list of "
-                         "{'role': ..., 'content': ...} turns.")
-    clean = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise MoxinError(f"{where}: turn {i} must have `role` and `content`, got {message!r}.")
-        role, content = message["role"], message["content"]
-        if role not in ROLES:
-            raise MoxinError(f"{where}: turn {i} has unknown role {role!r}; the Moxin chat "
-                             f"template knows {', '.join(ROLES)}.")
-        if not isinstance(content, str):
-            raise MoxinError(f"{where}: turn {i} ({role}) content is {type(content).__name__}, "
-                             "expected a string.")
-        clean.append({"role": role, "content": content})
+    """``moxin_core.runtime.check_messages`` (roles, contents; errors name ``where`` and the
+    turn), and for training data at least one assistant turn."""
+    clean = check_messages(messages, where)
     if need_assistant and not any(m["role"] == "assistant" for m in clean):
         raise MoxinError(f"{where}: the conversation has no assistant turn, so nothing would be "
                          "learned from it. Remove it or add the reply.")
     return clean
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else EOS (never trained on)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def render(tokenizer: Any, messages: Sequence[Message], train_on: str = "all",

@@ -50,7 +50,7 @@ from moxin_core.data.sources import Mixture
 from moxin_core.errors import MoxinError
 from moxin_core.objectives.base import Objective
 
-from moxin_plugin_instruct.chat import check_conversation, origin_of, render
+from moxin_plugin_instruct.chat import check_conversation, origin_of, pad_token_id, render
 
 log = logging.getLogger("moxin")
 
@@ -232,8 +232,7 @@ class DPO(Objective):
 
     # -- data
     def example_builder(self, tokenizer: Any, seq_len: int) -> PairBuilder:
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-            else tokenizer.eos_token_id
+        self.pad_id = pad_token_id(tokenizer)
         return PairBuilder(tokenizer, seq_len)
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -266,9 +265,11 @@ class DPO(Objective):
                ) -> tuple[torch.Tensor, torch.Tensor]:
         total, count = sequence_logps(model, batch["input_ids"], batch["attention_mask"],
                                       batch["completion_mask"])
-        if self.loss_type == "sigmoid":
-            return total, count
-        return total / count.clamp(min=1), count
+        return self._per_sequence(total, count), count
+
+    def _per_sequence(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """What the loss compares: summed log-probs (``sigmoid``) or per-token means."""
+        return total if self.loss_type == "sigmoid" else total / count.clamp(min=1)
 
     def _reference_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
                          ) -> torch.Tensor:
@@ -291,12 +292,10 @@ class DPO(Objective):
                                  f"(cache {self._cache_path()}); the data or max_steps changed "
                                  "since they were computed. Delete the file to recompute it.")
             rows.append(self._cache[key])
-        stored = torch.stack(rows).to(batch["input_ids"].device)  # (pairs, 4)
-        chosen, rejected = stored[:, :2], stored[:, 2:]
-        if self.loss_type != "sigmoid":
-            chosen, rejected = chosen[:, :1] / chosen[:, 1:].clamp(min=1), \
-                rejected[:, :1] / rejected[:, 1:].clamp(min=1)
-        return torch.cat([chosen[:, 0], rejected[:, 0]])
+        # rows: (chosen sum, chosen count, rejected sum, rejected count); chosen first, as in batches
+        stored = torch.stack(rows).to(batch["input_ids"].device)
+        return self._per_sequence(torch.cat([stored[:, 0], stored[:, 2]]),
+                                  torch.cat([stored[:, 1], stored[:, 3]]))
 
     def _cache_path(self) -> Path:
         if self.reference_cache:

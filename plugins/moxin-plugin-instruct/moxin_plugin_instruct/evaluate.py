@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 from moxin_core.errors import MoxinError
+from moxin_core.tokenizer import reply_stop_ids
 
+from moxin_plugin_instruct.chat import pad_token_id
 from moxin_plugin_instruct.data import EmbeddedPreferences, extract_answer, heldout_questions
 
 
@@ -35,9 +37,7 @@ def _load(model_path: str) -> tuple[Any, Any]:
 def chat_replies(model: Any, tokenizer: Any, conversations: list[list[dict]],
                  max_new_tokens: int = 64, batch_size: int = 32) -> list[str]:
     """Greedy replies to each conversation (batched, left-padded), cut at ``<|endoftext|>``."""
-    end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    stop = [i for i in (end, tokenizer.eos_token_id) if i is not None]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop, pad = reply_stop_ids(tokenizer), pad_token_id(tokenizer)
     replies = []
     for start in range(0, len(conversations), batch_size):
         prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)

@@ -37,7 +37,7 @@ from moxin_core.errors import MoxinError
 from moxin_core.objectives.base import Objective
 from moxin_core.objectives.lm import IGNORE_INDEX
 
-from moxin_plugin_instruct.chat import check_conversation, origin_of, render
+from moxin_plugin_instruct.chat import check_conversation, origin_of, pad_token_id, render
 
 OVERLONG = ("truncate", "drop")
 REDUCTIONS = ("sum", "mean")
@@ -94,8 +94,8 @@ class ConversationBuilder:
         if len(self.block_ids) + len(ids) > self.seq_len:
             out.append({"input_ids": self.block_ids, "labels": self.block_labels})
             self.block_ids, self.block_labels = [], []
-        self.block_ids = self.block_ids + ids
-        self.block_labels = self.block_labels + labels
+        self.block_ids.extend(ids)  # a fresh list after every emitted block
+        self.block_labels.extend(labels)
         return out
 
     def state_dict(self) -> dict:
@@ -146,8 +146,7 @@ class SFT(Objective):
 
     def example_builder(self, tokenizer: Any, seq_len: int) -> ConversationBuilder:
         self.bos_id = tokenizer.bos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-            else tokenizer.eos_token_id
+        self.pad_id = pad_token_id(tokenizer)
         return ConversationBuilder(tokenizer, seq_len, self.messages_field, self.pack,
                                    self.overlong)
 
