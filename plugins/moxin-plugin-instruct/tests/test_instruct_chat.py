@@ -15,7 +15,7 @@ from moxin_plugin_instruct.data import (EmbeddedInstructions, EmbeddedPreference
                                         iter_instructions, split_of)
 from moxin_plugin_instruct.sft import SFT, ConversationBuilder
 
-from conftest import tiny_model
+from instruct_models import tiny_model
 
 CONVERSATION = [
     {"role": "system", "content": "Answer briefly."},

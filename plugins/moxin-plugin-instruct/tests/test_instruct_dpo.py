@@ -10,7 +10,7 @@ import torch
 from moxin_core.errors import MoxinError
 from moxin_plugin_instruct.dpo import DPO, PairBuilder, dpo_loss, pair_messages
 
-from conftest import tiny_model
+from instruct_models import tiny_model
 
 PROMPTS = ["Name a colour.", "Say hi.", "What is 2 + 3?"]
 CHOSEN = ["blue", "hello there", "2 + 3 = 5. The answer is 5."]
