@@ -56,7 +56,7 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True) -> dict[str, Any
     if instruct:
         print(f"[{next(step)}/{steps}] Held-out arithmetic accuracy of the base model ...")
         accuracy[results[-1].name] = run_evaluators(
-            registry, [ARITHMETIC_EVALUATOR], results[-1].out_dir / "hf", "")[ARITHMETIC_EVALUATOR]
+            registry, [ARITHMETIC_EVALUATOR], results[-1].out_dir / "hf")[ARITHMETIC_EVALUATOR]
         print(f"[{next(step)}/{steps}] Instruction tuning {INSTRUCT_VARIANT}: SFT -> DPO ...")
         tuned = train_variant(INSTRUCT_VARIANT, out, registry=registry)
         for r in tuned:

@@ -148,7 +148,7 @@ def resolve_variant(registry: Registry, name: str, config: str | None = None,
 
 
 def run_evaluators(registry: Registry, names: Sequence[str], model_path: Path,
-                   reference: str) -> dict[str, dict[str, float]]:
+                   reference: str | None = None) -> dict[str, dict[str, float]]:
     """Run evaluators on ``model_path``; ``reference`` (the stage's starting model) is passed to
     evaluators that take it (preference accuracy compares against it)."""
     import inspect
