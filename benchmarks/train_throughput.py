@@ -45,7 +45,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from moxin_core.data.corpus import iter_corpus
+from moxin_core.corpus import iter_corpus
 from moxin_core.data.packing import DocumentPacker
 from moxin_core.module import build_optimizer, build_scheduler
 from moxin_core.plugins import Registry

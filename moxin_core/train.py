@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from moxin_core.callbacks import CheckpointOnTerminate, MetricsHistory, RNGState, TokenThroughput
 from moxin_core.checkpointing import FolderCheckpointIO, latest_checkpoint
-from moxin_core.data.corpus import iter_corpus
+from moxin_core.corpus import iter_corpus
 from moxin_core.data.datamodule import MoxinDataModule, build_mixture
 from moxin_core.errors import MoxinError
 from moxin_core.export_hf import save_hf_folder, save_tokenizer

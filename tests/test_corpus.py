@@ -1,11 +1,11 @@
-"""Tests for the embedded default corpus (moxin_core.data.corpus)."""
+"""Tests for the embedded default corpus (moxin_core.corpus)."""
 
 import random
 import re
 
 import pytest
 
-from moxin_core.data.corpus import (
+from moxin_core.corpus import (
     DEFAULT_MIX,
     KINDS,
     arithmetic_problem,

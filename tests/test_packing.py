@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moxin_core.data.corpus import iter_corpus
+from moxin_core.corpus import iter_corpus
 from moxin_core.data.packing import (DocumentPacker, ResumableStream, document_position_ids,
                                      pack_documents)
 from moxin_core.data.sources import EmbeddedCorpus, Mixture, WeightedSource

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from moxin_core.data.corpus import corpus_fingerprint
+from moxin_core.corpus import corpus_fingerprint
 from moxin_core.data.sources import (ORIGIN, EmbeddedCorpus, Files, HFDataset, Mixture,
                                      WeightedSource)
 from moxin_core.errors import MoxinError
@@ -22,7 +22,7 @@ EMBEDDED_SEED0_2000 = "6a8ab72ccc8fb04e4bb0d612d4536455b339f02e58bc6748a72e682aa
 
 def test_embedded_corpus_is_pinned_and_hash_seed_independent():
     assert corpus_fingerprint(0, 2000) == EMBEDDED_SEED0_2000
-    code = "from moxin_core.data.corpus import corpus_fingerprint as f; print(f(0, 2000))"
+    code = "from moxin_core.corpus import corpus_fingerprint as f; print(f(0, 2000))"
     for hash_seed in ("1", "12345"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True, env={"PYTHONHASHSEED": hash_seed, "PATH": ""})

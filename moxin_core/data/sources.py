@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moxin_core.data import corpus
+from moxin_core import corpus
 from moxin_core.errors import MoxinError
 
 ORIGIN = "__origin__"

@@ -52,7 +52,7 @@ def hf_folder(tmp_path_factory, tokenizer_dir) -> Path:
 
 def _train_briefly(model, tokenizer, steps: int = 15) -> None:
     """A few AdamW steps (batch 8 x 32 tokens): enough to give the logits a shape."""
-    from moxin_core.data.corpus import iter_corpus
+    from moxin_core.corpus import iter_corpus
 
     ids: list[int] = []
     for record in iter_corpus(seed=0, num_documents=100):

@@ -17,7 +17,7 @@ import random
 import re
 from collections.abc import Iterator
 
-from moxin_core.data.corpus import DAYS, ITEMS, NAMES, arithmetic_problem
+from moxin_core.corpus import DAYS, ITEMS, NAMES, arithmetic_problem
 from moxin_core.data.sources import ORIGIN, DataSource
 from moxin_core.errors import MoxinError
 
