@@ -6,7 +6,7 @@ Run:  .venv/bin/python benchmarks/gguf_export.py [--quick] [--repeats N] [--new-
 1. A Mistral-architecture model of a few hundred MB is built with random weights (hidden 768,
    12 layers, 12 heads / 4 KV heads, FFN 3072, the project's 2048-piece embedded tokenizer:
    ~107 M parameters, ~430 MB of f32 safetensors) and saved as an HF folder with
-   ``moxin_core.export_hf.save_hf_folder``. Random weights are fine for timing; they are not for
+   ``moxin_core.export.save_model``. Random weights are fine for timing; they are not for
    the parity check (near-flat logits flip arg-maxes under any rounding, see the plugin's tests),
    so the exports run with ``verify=False``: the figures are the writer's cost.
 2. Export: ``export_gguf(hf, out, outtype=f16|q8_0, verify=False)``, each run in a fresh child
@@ -92,9 +92,9 @@ def build_model(workdir: Path, shape: dict[str, int], vocab_size: int = 2048) ->
     import torch
     from transformers import AutoModelForCausalLM, MistralConfig
 
-    from moxin_core.export_hf import save_hf_folder
+    from moxin_core.export import save_model
     from moxin_core.tokenizer import load_tokenizer
-    from moxin_core.train import ensure_embedded_tokenizer
+    from moxin_core.training.blocks import ensure_embedded_tokenizer
 
     tokenizer_dir = ensure_embedded_tokenizer(workdir / "tokenizer", vocab_size)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -104,7 +104,7 @@ def build_model(workdir: Path, shape: dict[str, int], vocab_size: int = 2048) ->
                            eos_token_id=tokenizer.eos_token_id, **shape)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return save_hf_folder(model, tokenizer, workdir / "hf", tokenizer_dir)
+    return save_model(model, tokenizer, workdir / "hf", tokenizer_dir)
 
 
 def describe_model(hf: Path) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def child_export(hf: str, out: str, outtype: str, result: str) -> None:
     import numpy  # noqa: F401
     import torch  # noqa: F401
 
-    import moxin_core.export_hf  # noqa: F401  (resolve_model_folder; pulls in transformers)
+    import moxin_core.export  # noqa: F401  (resolve_model_folder; pulls in transformers)
     from moxin_plugin_gguf import writer  # noqa: F401
     from moxin_plugin_gguf.export import export_gguf
 

@@ -41,12 +41,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
-from moxin_core.plugins import Registry  # noqa: E402
-from moxin_core.presets import build_model  # noqa: E402
-from moxin_core.tokenizer import CHAT_TEMPLATE, load_tokenizer  # noqa: E402
-from moxin_core.train import (build_datamodule, build_module, build_objective,  # noqa: E402
-                              ensure_embedded_tokenizer)
-from moxin_core.variants import DataSpec, HyperParameters  # noqa: E402
+from moxin_core.api import (DataSpec, HyperParameters, Registry, build_datamodule,  # noqa: E402
+                            build_module, build_objective, ensure_embedded_tokenizer,
+                            load_tokenizer, resolve_model)
+from moxin_core.tokenizer import CHAT_TEMPLATE  # noqa: E402
 
 SKIP = 2
 SEQ_LEN, BATCH, LR = 256, 8, 1e-3
@@ -116,7 +114,8 @@ def trl_sft(tokenizer_dir: Path, steps: int, root: Path, packing: bool) -> dict:
     tokenizer.chat_template = GENERATION_TEMPLATE
     registry = Registry()
     torch.manual_seed(0)
-    model = build_model(MODEL, registry, vocab_size=len(tokenizer))
+    ref = resolve_model(registry, MODEL)
+    model = ref.family.build(ref.family.fit_config(ref.preset.config, tokenizer))
     args = SFTConfig(output_dir=str(root), max_steps=steps, per_device_train_batch_size=BATCH,
                      learning_rate=LR, lr_scheduler_type="linear", weight_decay=0.0,
                      max_grad_norm=1.0, bf16=False, use_cpu=True, activation_checkpointing=False,

@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python benchmarks/train_throughput.py [--quick] [--repeats N] [--json PATH]
 
-1. Tokens/s, moxin vs bare. The moxin path is ``moxin_core.train.train_variant`` (variant
+1. Tokens/s, moxin vs bare. The moxin path is ``moxin_core.training.stage.train_variant`` (variant
    ``moxin-tiny-base``, stage ``pretrain-128``): ``lightning.Trainer.fit`` with moxin's callbacks,
    checkpointing, CSV/TensorBoard logging and progress bar, exactly what ``moxin train`` runs; its
    figure is ``StageResult.tokens_per_second``. The bare path builds the same model, data,
@@ -50,8 +50,10 @@ from moxin_core.data.packing import DocumentPacker
 from moxin_core.module import build_optimizer, build_scheduler
 from moxin_core.plugins import Registry
 from moxin_core.tokenizer import load_tokenizer
-from moxin_core.train import (build_datamodule, build_module, build_objective,
-                              ensure_embedded_tokenizer, resolve_variant, train_variant)
+from moxin_core.training.blocks import (build_datamodule, build_module, build_objective,
+                                        ensure_embedded_tokenizer)
+from moxin_core.training.resolve import resolve_variant
+from moxin_core.training.stage import train_variant
 
 VARIANT, STAGE = "moxin-tiny-base", "pretrain-128"
 SKIP = 2  # warm-up steps left out of tokens/s, as TokenThroughput(skip=2) does
@@ -130,8 +132,8 @@ def bare_run(sets: list[str], steps: int) -> dict:
         if hp.precision == "bf16-mixed" else contextlib.nullcontext
     tokens, seconds, losses, last = 0, 0.0, [], 0.0
     for step in range(hp.max_steps):
-        batch = next(loader)
-        batch.pop("example_index")  # moxin's datamodule drops it in on_before_batch_transfer
+        # what Lightning does with each batch: the datamodule keeps its stream position
+        batch = datamodule.on_before_batch_transfer(next(loader), 0)
         if step == 0:
             last = time.perf_counter()  # TokenThroughput starts at the first batch start
         with autocast():

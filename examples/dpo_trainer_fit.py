@@ -16,10 +16,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from moxin_core import Registry
-from moxin_core.tokenizer import load_tokenizer
-from moxin_core.train import build_datamodule, build_module, build_objective
-from moxin_core.variants import DataSpec, HyperParameters
+from moxin_core.api import (DataSpec, HyperParameters, Registry, build_datamodule, build_module,
+                            build_objective, load_tokenizer, save_model)
 
 
 def main() -> None:
@@ -55,8 +53,7 @@ def main() -> None:
     m = trainer.callback_metrics
     print(f"final loss {m['train/loss']:.3f}, reward accuracy {m['train/rewards/accuracy']:.2f}, "
           f"margin {m['train/rewards/margin']:.3f}")
-    module.model.save_pretrained(Path(args.out) / "hf")
-    tokenizer.save_pretrained(Path(args.out) / "hf")
+    save_model(module.model, tokenizer, Path(args.out) / "hf", args.model)  # a transformers folder
 
 
 if __name__ == "__main__":

@@ -16,12 +16,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from moxin_core import Registry
-from moxin_core.presets import resolve_config
-from moxin_core.tokenizer import load_tokenizer
-from moxin_core.train import (build_datamodule, build_module, build_objective,
-                              ensure_embedded_tokenizer)
-from moxin_core.variants import DataSpec, HyperParameters
+from moxin_core.api import (DataSpec, HyperParameters, Registry, build_datamodule, build_module,
+                            build_objective, ensure_embedded_tokenizer, load_tokenizer,
+                            resolve_model, save_model)
 
 
 def main() -> None:
@@ -35,8 +32,10 @@ def main() -> None:
 
     registry = Registry()  # every installed moxin plugin, built-ins included
     out = Path(args.out)
-    vocab = resolve_config(args.model, registry).vocab_size
-    tokenizer = load_tokenizer(ensure_embedded_tokenizer(out / "tokenizer", vocab))
+    ref = resolve_model(registry, args.model)  # a preset, a folder or a hub id
+    vocab = ref.family.vocab_size(ref.config())
+    tokenizer_dir = ensure_embedded_tokenizer(out / "tokenizer", vocab)
+    tokenizer = load_tokenizer(tokenizer_dir)
 
     hparams = HyperParameters(max_steps=args.max_steps, seq_len=args.seq_len,
                               micro_batch_size=args.batch_size, lr=2e-3, warmup_steps=5)
@@ -51,8 +50,7 @@ def main() -> None:
                          log_every_n_steps=5)
     trainer.fit(module, datamodule=datamodule)
     print(f"final loss {trainer.callback_metrics['train/loss']:.3f}")
-    module.model.save_pretrained(out / "hf")
-    tokenizer.save_pretrained(out / "hf")
+    save_model(module.model, tokenizer, out / "hf", tokenizer_dir)  # a transformers folder
 
 
 if __name__ == "__main__":

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from moxin_core import Registry
-from moxin_core.tokenizer import load_tokenizer
-from moxin_core.train import build_datamodule, build_module, build_objective
-from moxin_core.variants import DataSpec, HyperParameters
+from moxin_core.api import (DataSpec, HyperParameters, Registry, build_datamodule, build_module,
+                            build_objective, load_tokenizer, save_model)
 
 
 def data_spec(text: str) -> DataSpec:
@@ -60,8 +58,7 @@ def main() -> None:
     metrics = trainer.callback_metrics
     print(f"final loss {metrics['train/loss']:.3f} (per assistant token "
           f"{metrics['train/token_loss']:.3f})")
-    module.model.save_pretrained(Path(args.out) / "hf")
-    tokenizer.save_pretrained(Path(args.out) / "hf")
+    save_model(module.model, tokenizer, Path(args.out) / "hf", args.model)  # a transformers folder
 
 
 if __name__ == "__main__":

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from moxin_core.commands.demo import DemoCommand
+from moxin_core.commands.export import ExportCommand
+from moxin_core.commands.generate import ChatCommand, GenerateCommand
+from moxin_core.commands.listing import ModelsCommand, PluginsCommand, VariantsCommand
+from moxin_core.commands.tokenizer import TokenizerCommand
+from moxin_core.commands.train import TrainCommand
 from moxin_core.data.sources import BUILTIN_SOURCES
 from moxin_core.hookspecs import hookimpl
+from moxin_core.models.causal_lm import CausalLMFamily
+from moxin_core.models.presets import BUILTIN_PRESETS
 from moxin_core.objectives.lm import CausalLM
-from moxin_core.presets import BUILTIN_PRESETS
 from moxin_core.recipes import BUILTIN_VARIANTS
 
 
 def _hf_exporter():
-    from moxin_core.export_hf import export_hf
+    from moxin_core.export import export_hf
 
     return export_hf
 
@@ -38,6 +45,11 @@ def moxin_runtimes():
 
 
 @hookimpl
+def moxin_model_families():
+    return {CausalLMFamily.name: CausalLMFamily}
+
+
+@hookimpl
 def moxin_models():
     return dict(BUILTIN_PRESETS)
 
@@ -45,3 +57,10 @@ def moxin_models():
 @hookimpl
 def moxin_variants():
     return dict(BUILTIN_VARIANTS)
+
+
+@hookimpl
+def moxin_commands():
+    return {"plugins": PluginsCommand, "models": ModelsCommand, "variants": VariantsCommand,
+            "tokenizer": TokenizerCommand, "train": TrainCommand, "export": ExportCommand,
+            "generate": GenerateCommand, "chat": ChatCommand, "demo": DemoCommand}

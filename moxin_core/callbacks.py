@@ -4,65 +4,87 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
+
+from moxin_core import distributed
 
 
-class TokenThroughput(pl.Callback):
-    """Shows tokens/s on the progress bar and keeps the run's totals for the summary.
+class TokenThroughput(ThroughputMonitor):
+    """Lightning's ``ThroughputMonitor`` counting tokens, with tok/s on the progress bar and the
+    run's totals.
 
-    Tokens/s is averaged over the last ``window`` micro-batches; ``mean_tokens_per_second`` covers
-    the whole run after the first ``skip`` batches (start-up and warm-up are not throughput).
+    ``ThroughputMonitor`` logs ``train/device/items_per_sec`` (tokens/s of one device over the
+    last ``window_size`` micro-batches), on several devices ``train/items_per_sec`` (all of
+    them), and cumulative ``train/time``, ``train/lengths`` (tokens), at every logging step.
+    This subclass shows the per-device rate as ``tok/s`` on the progress bar (and so in
+    ``metrics.csv``) and counts, on every rank, the tokens and seconds after the first ``skip``
+    micro-batches (start-up and warm-up are not throughput) for the manifest.
     """
 
-    def __init__(self, window: int = 20, skip: int = 2) -> None:
-        self.window, self.skip = window, skip
-        self._recent: deque[tuple[int, float]] = deque(maxlen=window)
-        self._last: float | None = None
+    def __init__(self, skip: int = 2, window_size: int = 5) -> None:
+        super().__init__(batch_size_fn=lambda batch: 1, length_fn=self._count,
+                         window_size=window_size)
+        self.skip = skip
         self.tokens = 0
         self.seconds = 0.0
-        self._batches = 0
+        self._num_tokens: Any = None
+        self._micro_batches = 0
+        self._last_end: float | None = None
+
+    def _count(self, batch: Any) -> int:
+        return self._num_tokens(batch)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._num_tokens = pl_module.objective.num_tokens
+        super().setup(trainer, pl_module, stage)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                              batch: Any, batch_idx: int) -> None:
-        if self._last is None:
-            self._last = time.perf_counter()
+        if self._last_end is None:
+            self._last_end = time.perf_counter()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         now = time.perf_counter()
-        elapsed, self._last = now - (self._last or now), now
-        tokens = pl_module.objective.num_tokens(batch)
-        self._batches += 1
-        if self._batches > self.skip:
-            self.tokens += tokens
+        elapsed, self._last_end = now - (self._last_end or now), now
+        self._micro_batches += 1
+        if self._micro_batches > self.skip:
+            self.tokens += self._num_tokens(batch)
             self.seconds += elapsed
-        self._recent.append((tokens, elapsed))
-        total_time = sum(t for _, t in self._recent)
-        if total_time > 0:
-            pl_module.log("tok/s", sum(n for n, _ in self._recent) / total_time, prog_bar=True,
-                          on_step=True, on_epoch=False)
+        rate = trainer.logged_metrics.get("train/device/items_per_sec")
+        if rate is not None:
+            pl_module.log("tok/s", float(rate), prog_bar=True, on_step=True, on_epoch=False)
 
     @property
     def mean_tokens_per_second(self) -> float:
+        """This rank's tokens/s after the warm-up batches."""
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
 class RNGState(pl.Callback):
-    """Stores Python, NumPy and torch RNG states in checkpoints and restores them on resume."""
+    """Stores Python, NumPy, torch CPU and CUDA RNG states of every rank in checkpoints and
+    restores each rank's own on resume (sampling during training resumes exactly)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"python": random.getstate(), "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state()}
+        state = {"python": random.getstate(), "numpy": np.random.get_state(),
+                 "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return distributed.per_rank(state)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        random.setstate(state_dict["python"])
-        np.random.set_state(state_dict["numpy"])
-        torch.set_rng_state(state_dict["torch"])
+        state = distributed.this_rank(state_dict)
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class MetricsHistory(pl.Callback):
@@ -116,8 +138,13 @@ class CheckpointOnTerminate(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not trainer.received_sigterm or self.saved is not None:
+        if self.saved is not None:
             return
-        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+        received = trainer.received_sigterm
+        if trainer.world_size > 1:
+            # saving is collective: every rank must agree (Lightning stops them all at the next
+            # step when rank 0 got the signal; any rank's signal is enough to save here)
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if received and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
             self.saved = self.dirpath / f"step={trainer.global_step:06d}.ckpt"
             trainer.save_checkpoint(self.saved, weights_only=False)

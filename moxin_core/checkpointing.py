@@ -52,16 +52,23 @@ class FolderCheckpointIO(CheckpointIO):
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
-        path = Path(path)
-        if not (path / WEIGHTS).exists() or not (path / STATE).exists():
-            raise FileNotFoundError(f"{path} is not a moxin checkpoint folder "
-                                    f"(needs {WEIGHTS} and {STATE})")
-        checkpoint = torch.load(path / STATE, map_location=map_location or "cpu", weights_only=False)
-        checkpoint["state_dict"] = load_file(path / WEIGHTS, device="cpu")
-        return checkpoint
+        return load_checkpoint_folder(Path(path))
 
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint_folder(path: Path, weights: bool = True) -> dict[str, Any]:
+    """A checkpoint folder as Lightning's checkpoint dict (``weights=False``: an empty
+    ``state_dict``, for ranks that receive the weights from rank 0). The trainer state is
+    memory-mapped: a large optimizer state is read only where it is used."""
+    if not (path / WEIGHTS).exists() or not (path / STATE).exists():
+        raise FileNotFoundError(f"{path} is not a moxin checkpoint folder "
+                                f"(needs {WEIGHTS} and {STATE})")
+    # moxin wrote this file itself (it holds RNG states and data positions, not only tensors)
+    checkpoint = torch.load(path / STATE, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint["state_dict"] = load_file(path / WEIGHTS, device="cpu") if weights else {}
+    return checkpoint
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:

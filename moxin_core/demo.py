@@ -14,11 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moxin_core.export_hf import export_hf
+from moxin_core.commands.generate import generate
+from moxin_core.export import export_hf
+from moxin_core.models.family import resolve_model
 from moxin_core.plugins import Registry
-from moxin_core.presets import resolve_config
 from moxin_core.reporting import write_json_atomic
-from moxin_core.train import ensure_embedded_tokenizer, run_evaluators, train_variant
+from moxin_core.runtime import load_runtime
+from moxin_core.training.blocks import ensure_embedded_tokenizer
+from moxin_core.training.stage import run_evaluators, train_variant
 
 DEMO_VARIANT = "moxin-tiny-base"
 INSTRUCT_VARIANT = "moxin-tiny-instruct"
@@ -31,22 +34,21 @@ def _has(registry: Registry, category: str, name: str) -> bool:
     return name in registry.names(category)
 
 
-def run_demo(out: str | Path = "runs/demo", fresh: bool = True) -> dict[str, Any]:
+def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
+             registry: Registry | None = None) -> dict[str, Any]:
     """Run every demo step into ``out`` (replaced when ``fresh``); returns the summary dict."""
-    from moxin_core.cli import generate
-    from moxin_core.runtime import load_runtime
-
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
     started = time.perf_counter()
-    registry = Registry()
+    registry = registry or Registry()
     variant = registry.get("variants", DEMO_VARIANT)()
     instruct = _has(registry, "variants", INSTRUCT_VARIANT)
     gguf = _has(registry, "exporters", "gguf")
     steps = 5 + instruct + gguf
     step = iter(range(1, steps + 1))
-    vocab = resolve_config(variant.stages[0].model, registry).vocab_size
+    first = resolve_model(registry, variant.stages[0].model)
+    vocab = first.family.vocab_size(first.config())
     print(f"[{next(step)}/{steps}] Training the tokenizer on the embedded corpus (vocab {vocab}) ...")
     ensure_embedded_tokenizer(out / "tokenizer", vocab)
     print(f"[{next(step)}/{steps}] Pretraining {DEMO_VARIANT}: "
@@ -67,10 +69,10 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True) -> dict[str, Any
         print("(moxin-plugin-instruct is not installed: skipping SFT and DPO)")
     final = results[-1].out_dir
     print(f"[{next(step)}/{steps}] Exporting the final model to HF format ...")
-    export_dir = export_hf(final, out / "export-hf", force=True)
+    export_dir = export_hf(final, out / "export-hf", force=True, registry=registry)
     print(f"[{next(step)}/{steps}] Generating a sample ...")
     sample = generate(str(results[len(variant.stages) - 1].out_dir / "hf"), DEMO_PROMPT,
-                      max_new_tokens=40)
+                      max_new_tokens=40, registry=registry)
     chat_reply, gguf_path = None, None
     if gguf:
         print(f"[{next(step)}/{steps}] Exporting to GGUF q8_0 and chatting through llama.cpp ...")
@@ -86,7 +88,10 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True) -> dict[str, Any
     print(f"moxin demo: {DEMO_VARIANT}" + (f" + {INSTRUCT_VARIANT}" if instruct else "")
           + f" in {wall:.0f} s")
     for r in results:
-        print(f"  {r.name:<14} loss {r.first_loss:.3f} -> {r.last_loss:.3f}  "
+        # a summed loss (SFT) is reported per token: its sum depends on the batch's tokens
+        first_loss, last_loss = r.token_loss or (r.first_loss, r.last_loss)
+        unit = " per token" if r.token_loss else ""
+        print(f"  {r.name:<14} loss{unit} {first_loss:.3f} -> {last_loss:.3f}  "
               f"{r.steps:>4} steps  {r.tokens_per_second:,.0f} tokens/s  {r.out_dir}")
     base = results[: len(variant.stages)]
     first, last = base[0].first_loss, base[-1].last_loss
@@ -111,7 +116,8 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True) -> dict[str, Any
     summary = {
         "seconds": round(wall, 1),
         "stages": [{"name": r.name, "steps": r.steps, "first_loss": r.first_loss,
-                    "last_loss": r.last_loss, "tokens_per_second": r.tokens_per_second,
+                    "last_loss": r.last_loss, "token_loss": r.token_loss,
+                    "tokens_per_second": r.tokens_per_second,
                     "evals": r.evals, "folder": str(r.out_dir)} for r in results],
         "heldout_arithmetic_accuracy": {k: v["accuracy"] for k, v in accuracy.items()},
         "heldout_reward_accuracy": preference["reward_accuracy"] if preference else None,

@@ -7,10 +7,19 @@ A plugin is any module or object with functions named like the specs below and m
 ``@moxin_core.hookimpl``. Implementations may accept a subset of a spec's arguments, so adding an
 argument to a spec never breaks an existing plugin.
 
-**Registry hooks** (data, objectives, vision, export, evaluation, models, variants) take no
-arguments and return ``{name: factory}``. The core calls every implementation, merges the
-dictionaries per category and looks factories up by name. A name registered by two plugins is an
-error naming both distributions; plugin load order never matters.
+**Registry hooks** (data, objectives, vision, export, evaluation, models, variants, commands)
+take no arguments and return ``{name: factory}``. The core calls each plugin's implementation
+once when the plugin is loaded, merges the dictionaries per category and looks factories up by
+name. A name registered by two plugins is an error naming both distributions; plugin load order
+never matters.
+
+**Isolation.** A plugin that fails to import, implements a hook no spec defines (a misspelled
+name), takes an argument its spec does not have, or whose registry hook raises or returns
+something other than a dict, is not loaded: ``moxin plugins`` lists it with the error, every other
+plugin and command works, and a run that needs a name it would have provided fails with that
+error. ``MOXIN_STRICT_PLUGINS=1`` raises instead.
+
+Plugin authors import from :mod:`moxin_core.api` only.
 """
 
 from __future__ import annotations
@@ -60,10 +69,15 @@ def moxin_objectives() -> dict[str, Factory]:
     """Register training objectives (``lm``, ``sft``, ``dpo``, ``grpo``, ...).
 
     Returns:
-        ``{name: factory}``. ``factory(**options)`` returns an objective: an object that turns
-        records into batches (``collate``) and computes ``loss(model, batch) -> (loss, metrics)``
-        where ``loss`` is a scalar tensor and ``metrics`` a ``{name: float tensor}`` dict logged by
-        the core. See :class:`moxin_core.objectives.base.Objective`.
+        ``{name: factory}``. ``factory(**options)`` returns a :class:`moxin_core.api.Objective`
+        built from a stage's ``objective_options``: ``example_builder(processor, seq_len)`` turns
+        records into examples, ``collate`` examples into a batch, and
+        ``loss(model, batch) -> (loss, metrics)`` gives a scalar tensor and ``{name: tensor}``
+        metrics the core logs. ``setup(context)`` receives a
+        :class:`moxin_core.api.ObjectiveContext` (processor, registry, stage folder,
+        hyper-parameters, trainer, training batches, frozen helper models, collectives);
+        ``on_fit_start()`` runs when the model is on its device; ``state_dict()`` is saved in
+        every checkpoint and given back to ``load_state_dict`` on resume.
     """
 
 
@@ -94,8 +108,12 @@ def moxin_exporters() -> dict[str, Factory]:
 
     Returns:
         ``{name: factory}``. ``factory()`` returns a callable
-        ``export(model_path, out, **options) -> pathlib.Path`` that writes the trained model found
-        at ``model_path`` (a stage folder or an HF folder) to ``out`` and returns what it wrote.
+        ``export(model_path, out, force=False, **options) -> pathlib.Path`` that writes the
+        trained model found at ``model_path`` (a stage folder or a model folder; load it with
+        :func:`moxin_core.api.load_model`, which goes through the model's family) to ``out`` and
+        returns what it wrote. Unknown options must raise :class:`moxin_core.MoxinError`. An
+        ``export`` with a ``registry`` parameter receives the command's registry (for
+        ``load_model``).
     """
 
 
@@ -105,11 +123,13 @@ def moxin_evaluators() -> dict[str, Factory]:
 
     Returns:
         ``{name: factory}``. ``factory(**options)`` returns a callable
-        ``evaluate(model_path) -> dict[str, float]`` returning named scores. A stage lists
-        evaluators by name (``Stage.evaluators``); ``moxin train`` runs them on the stage's HF
-        export, prints the scores and stores them in ``eval.json`` and the manifest. If
-        ``evaluate`` has a ``reference`` parameter it also receives the model the stage started
-        from (for scores relative to it, such as preference reward accuracy).
+        ``evaluate(model_path) -> dict[str, float]`` returning named scores (load the model with
+        :func:`moxin_core.api.load_model`, which goes through its family). A stage lists
+        evaluators by name (``Stage.evaluators``); ``moxin train`` runs them once (on rank 0,
+        the other ranks waiting) on the stage's exported model folder, prints the scores and
+        stores them in ``eval.json`` and the manifest. If ``evaluate`` has a ``reference``
+        parameter it also receives the model the stage started from (for scores relative to it,
+        such as preference reward accuracy).
     """
 
 
@@ -147,12 +167,30 @@ def moxin_runtimes() -> dict[str, Factory]:
 
 
 @hookspec
+def moxin_model_families() -> dict[str, Factory]:
+    """Register model families: how one kind of model is built, loaded, saved and sharded.
+
+    The core registers ``causal-lm`` (transformers causal LMs and their tokenizers); a
+    vision-language plugin registers its own. Every step that touches a model (building it for
+    a stage, ``previous``/``variant:NAME``, ``moxin export``, runtimes, evaluators) goes through
+    the family the model belongs to: a preset names it, a moxin-written folder records it in
+    ``moxin.json``, and other folders and hub ids belong to the first family whose
+    ``recognizes`` accepts them, else ``causal-lm``.
+
+    Returns:
+        ``{name: factory}``. ``factory()`` returns a :class:`moxin_core.api.ModelFamily`.
+    """
+
+
+@hookspec
 def moxin_models() -> dict[str, Factory]:
     """Register model presets.
 
     Returns:
-        ``{name: factory}``. ``factory()`` returns a ``transformers.PretrainedConfig`` (for the
-        Moxin family a ``MistralConfig``) from which the model is built with random weights.
+        ``{name: factory}``. ``factory()`` returns a :class:`moxin_core.api.ModelPreset`: the
+        name of a registered model family and a config that family builds a model from with
+        random weights (for ``causal-lm`` a ``transformers.PretrainedConfig``; the Moxin presets
+        are ``MistralConfig``).
     """
 
 
@@ -168,8 +206,45 @@ def moxin_variants() -> dict[str, Factory]:
 
 
 # --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def moxin_commands() -> dict[str, Factory]:
+    """Register ``moxin`` sub-commands (``moxin eval`` and the core's own verbs come this way).
+
+    Returns:
+        ``{name: factory}``. ``factory()`` returns a :class:`moxin_core.api.Command`: ``help``
+        (one line for ``moxin --help``), ``configure(parser)`` adds the command's arguments to
+        its ``argparse`` sub-parser, and ``run(args, registry) -> int`` runs it (the exit status;
+        raise :class:`moxin_core.MoxinError` for user errors, which the CLI prints as one
+        paragraph). A command whose ``configure`` raises is left out with a warning; the others
+        work.
+    """
+
+
+# --------------------------------------------------------------------------------------------
 # Lifecycle
 # --------------------------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def moxin_addhooks(pluginmanager: Any) -> None:
+    """Add hook specifications of a plugin's own (as pytest's ``pytest_addhooks``).
+
+    Called once for every plugin when it is registered, before its other hooks are checked, so
+    a plugin can define hooks that other plugins implement: call
+    ``pluginmanager.add_hookspecs(module)`` with a module of ``@moxin_core.api.hookspec``
+    functions. A plugin implementing such a hook is checked against the spec when the spec is
+    added; a mismatch is that plugin's load error.
+
+    Args:
+        pluginmanager: the :class:`moxin_core.plugins.MoxinPluginManager` loading the plugins.
+
+    Returns:
+        Nothing.
+    """
 
 
 @hookspec

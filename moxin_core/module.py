@@ -1,15 +1,29 @@
-"""The generic LightningModule: holds an HF causal LM and delegates the loss to an objective."""
+"""The generic LightningModule: holds the model, frozen helpers, and delegates the loss.
+
+The model comes either built (``MoxinModule(model, ...)``) or as a :class:`ModelRecipe` that
+``configure_model`` builds when the fit starts: under a sharding strategy (``fsdp``) on the meta
+device, sharded block by block, then materialised shard by shard, so no rank ever holds the whole
+model in fp32.
+"""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from transformers import get_scheduler
 
+from moxin_core import distributed
+from moxin_core.errors import MoxinError
+from moxin_core.models.family import ModelFamily
 from moxin_core.objectives.base import Objective
+from moxin_core.objectives.context import ObjectiveContext
 from moxin_core.variants import HyperParameters
+
+FROZEN = "frozen"  # the ModuleDict of frozen helper models; excluded from checkpoints
 
 
 def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -37,25 +51,155 @@ def build_scheduler(optimizer: torch.optim.Optimizer, hp: HyperParameters):
     return get_scheduler(name, optimizer, hp.total_warmup_steps, hp.max_steps)
 
 
+@dataclass
+class ModelRecipe:
+    """How to build the model a stage starts from: eagerly, or empty for sharding.
+
+    Args:
+        family: the model's family.
+        config: the (fitted) config to build from.
+        source: a folder or hub id whose weights to load; None: random weights.
+        seed: the seed random weights are drawn with (the same weights every time).
+    """
+
+    family: ModelFamily
+    config: Any
+    source: str | None = None
+    seed: int = 0
+
+    def build(self) -> torch.nn.Module:
+        """The model with its starting weights, in fp32 on the CPU."""
+        if self.source is not None:
+            return self.family.load(self.source)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return self.family.build(self.config).train()
+
+    def build_empty(self) -> torch.nn.Module:
+        """The model on the meta device (no memory; :meth:`fill` after materialising)."""
+        with torch.device("meta"):
+            return self.family.build(self.config).train()
+
+    def fill(self, model: torch.nn.Module) -> None:
+        """Starting weights into a model materialised from :meth:`build_empty` (possibly
+        sharded): random initialisation, then the source's weights (rank 0 reads them)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.family.init_weights(model)  # also computes non-persistent buffers
+        if self.source is not None:
+            state = (self.family.state_dict_for_loading(self.source)
+                     if distributed.is_rank_zero() else {})
+            set_model_state_dict(model, state, options=StateDictOptions(
+                full_state_dict=True, broadcast_from_rank0=distributed.initialized()))
+
+
 class MoxinModule(pl.LightningModule):
     """Trains ``model`` with ``objective``; everything objective-specific stays in the objective.
 
     Args:
-        model: a ``transformers`` causal LM (or any module the objective knows how to call).
+        model: a built ``torch.nn.Module`` (a transformers causal LM, or any module the objective
+            knows how to call), or a :class:`ModelRecipe` built in ``configure_model``.
         objective: the objective whose ``loss(model, batch)`` is minimised.
         hparams: optimiser and schedule settings (``HyperParameters``).
+        processor: the model's processor, handed to the objective's context.
+        registry: the run's registry, handed to the objective's context.
+        stage_dir: the stage folder, handed to the objective's context.
+        family: the model's family (needed to shard; taken from the recipe when there is one).
+        recipe: how the model was built (a built ``model`` with its recipe: frozen copies of the
+            starting model and sharding can rebuild it).
     """
 
-    def __init__(self, model: torch.nn.Module, objective: Objective,
-                 hparams: HyperParameters | None = None) -> None:
+    def __init__(self, model: torch.nn.Module | ModelRecipe, objective: Objective,
+                 hparams: HyperParameters | None = None, processor: Any = None,
+                 registry: Any = None, stage_dir: Any = None,
+                 family: ModelFamily | None = None, recipe: ModelRecipe | None = None) -> None:
         super().__init__()
-        self.model = model
+        if isinstance(model, ModelRecipe):
+            model, recipe = None, model
+        self.recipe = recipe
+        self.model: torch.nn.Module | None = model
+        self.family = family or (recipe.family if recipe is not None else None)
         self.objective = objective
         self.train_hparams = hparams or HyperParameters()
+        self.processor, self.registry, self.stage_dir = processor, registry, stage_dir
         self.tokens_seen = 0
+        self._batch_tokens = 0
+        self.frozen = torch.nn.ModuleDict()
+        self._frozen_recipes: dict[str, ModelRecipe] = {}
+        self._context: ObjectiveContext | None = None
 
+    # -- frozen helper models (registered through ObjectiveContext.add_frozen_model)
+    def add_frozen_model(self, name: str, model: torch.nn.Module | None = None) -> None:
+        if name in self.frozen or name in self._frozen_recipes:
+            return  # setup runs once per fit; a second fit keeps the first registration
+        if model is None:
+            if self.model is not None:
+                # not yet trained (setup precedes checkpoint restore): the starting weights
+                model = copy.deepcopy(self.model)
+            elif self.recipe is not None:
+                self._frozen_recipes[name] = self.recipe
+                return  # built with the trained model in configure_model
+            else:
+                raise MoxinError("add_frozen_model(name) without a model needs the model the "
+                                 "stage starts from; register it in Objective.setup.")
+        self.frozen[name] = model.eval().requires_grad_(False)
+
+    def frozen_model(self, name: str) -> torch.nn.Module:
+        if name not in self.frozen:
+            raise MoxinError(f"No frozen model {name!r} is registered (known: "
+                             f"{', '.join(self.frozen) or 'none'}); register it with "
+                             "context.add_frozen_model in Objective.setup.")
+        return self.frozen[name]
+
+    # -- Lightning hooks
     def setup(self, stage: str) -> None:
-        self.objective.setup(self)
+        if self._context is None:
+            self._context = ObjectiveContext(self, self.processor, self.registry, self.stage_dir)
+            self.objective.setup(self._context)
+
+    def configure_model(self) -> None:
+        from moxin_core.strategies import is_sharded, shard
+
+        sharded = is_sharded(self.trainer.strategy)
+        if self.model is None and not sharded:
+            self.model = self.recipe.build()
+        for name, recipe in list(self._frozen_recipes.items()):
+            if not sharded:
+                self.frozen[name] = recipe.build().eval().requires_grad_(False)
+                del self._frozen_recipes[name]
+        if not sharded or getattr(self, "_sharded", False):
+            return
+        if self.family is None:
+            raise MoxinError("Sharding the model needs its family: build the module with "
+                             "moxin_core.api.build_module, or pass family=.")
+        device = self.trainer.strategy.root_device
+        mesh = self.device_mesh["data_parallel"]
+        empty = self.model is None
+        if empty:
+            self.model = self.recipe.build_empty()
+        for name in self._frozen_recipes:
+            self.frozen[name] = self._frozen_recipes[name].build_empty().eval()
+        for module in [self.model, *self.frozen.values()]:
+            shard(module, self.family.block_types(module), mesh)
+        if empty:
+            self.model.to_empty(device=device)
+            self.recipe.fill(self.model)
+        for name, recipe in self._frozen_recipes.items():
+            self.frozen[name].to_empty(device=device)
+            recipe.fill(self.frozen[name])
+            self.frozen[name].requires_grad_(False)
+        self._frozen_recipes.clear()
+        self._sharded = True
+
+    def on_fit_start(self) -> None:
+        self.objective.on_fit_start()
+
+    def train(self, mode: bool = True) -> MoxinModule:
+        super().train(mode)
+        self.frozen.eval()  # frozen helpers never train (a reference runs without dropout)
+        return self
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -66,11 +210,25 @@ class MoxinModule(pl.LightningModule):
             raise FloatingPointError(
                 f"Non-finite loss ({loss.item()}) at step {self.global_step}; lower the learning "
                 "rate or check the data. The last checkpoint is untouched.")
-        self.tokens_seen += self.objective.num_tokens(batch)
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
+        self._batch_tokens = self.objective.num_tokens(batch)
+        self.tokens_seen += self._batch_tokens
+        # on several ranks the logged values are averaged over them: the loss of the global
+        # micro-batch (each rank's loss is its share of it, scaled by the world size)
+        sync = self.trainer.world_size > 1
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False,
+                 sync_dist=sync)
         for name, value in metrics.items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, sync_dist=sync)
         return loss
+
+    @property
+    def flops_per_batch(self) -> int:
+        """Training FLOPs of the last micro-batch, ``6 x trainable parameters x tokens`` (the
+        usual estimate, attention left out); Lightning's ``ThroughputMonitor`` turns it into
+        FLOP/s and, on GPUs it knows the peak of, MFU."""
+        if not hasattr(self, "_trainable"):
+            self._trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return 6 * self._trainable * self._batch_tokens
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.train_hparams)
@@ -78,8 +236,21 @@ class MoxinModule(pl.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
+    # -- checkpoints: frozen helpers are rebuilt, not saved; objective state and token counts
+    # are kept per rank
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["moxin_tokens_seen"] = self.tokens_seen
+        prefix = FROZEN + "."
+        for key in [k for k in checkpoint.get("state_dict", {}) if k.startswith(prefix)]:
+            del checkpoint["state_dict"][key]
+        checkpoint["moxin_tokens_seen"] = distributed.per_rank(self.tokens_seen)
+        checkpoint["moxin_objective"] = distributed.per_rank(self.objective.state_dict())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.tokens_seen = checkpoint.get("moxin_tokens_seen", 0)
+        state = checkpoint.get("state_dict")
+        if state is not None and not getattr(self, "_sharded", False):
+            # strict loading expects every key; the frozen models keep their current weights
+            prefix = FROZEN + "."
+            state.update({prefix + k: v for k, v in self.frozen.state_dict().items()})
+        self.tokens_seen = distributed.this_rank(checkpoint.get("moxin_tokens_seen", 0))
+        if "moxin_objective" in checkpoint:
+            self.objective.load_state_dict(distributed.this_rank(checkpoint["moxin_objective"]))

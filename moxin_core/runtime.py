@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from moxin_core.errors import MoxinError
@@ -68,26 +69,34 @@ class Runtime(ABC):
 
 
 class TransformersRuntime(Runtime):
-    """HF folders, stage folders and hub ids through ``transformers``' ``generate``."""
+    """Causal-LM folders, stage folders and hub ids through ``transformers``' ``generate``."""
 
     name = "transformers"
 
     @classmethod
     def accepts(cls, model: str) -> bool:
-        return not str(model).endswith(".gguf")
+        from moxin_core.models.family import DEFAULT_FAMILY, family_name_in
+
+        if str(model).endswith(".gguf"):
+            return False
+        path = Path(model).expanduser()
+        for folder in (path, path / "hf"):
+            if folder.is_dir() and family_name_in(folder) not in (None, DEFAULT_FAMILY):
+                return False  # another family's folder: its plugin's runtime loads it
+        return True
 
     def __init__(self, model: str) -> None:
         import transformers
-        from transformers import AutoModelForCausalLM
 
-        from moxin_core.export_hf import resolve_model_folder
-        from moxin_core.tokenizer import load_tokenizer
+        from moxin_core.export import resolve_model_folder
+        from moxin_core.models.causal_lm import CausalLMFamily
 
         transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in a chat
-        folder = resolve_model_folder(model)
-        self.tokenizer = load_tokenizer(folder)
-        self.model = AutoModelForCausalLM.from_pretrained(folder)
-        self.model.eval()
+        path = Path(model).expanduser()
+        source = str(resolve_model_folder(path)) if path.exists() else str(model)
+        family = CausalLMFamily()
+        self.tokenizer = family.load_processor(source)
+        self.model = family.load(source).eval()
 
     def _generate(self, ids: Any, max_new_tokens: int, temperature: float,
                   stop_ids: Sequence[int] = ()) -> str:
@@ -136,4 +145,5 @@ def load_runtime(model: str, registry: Any = None, runtime: str | None = None) -
         if factory.accepts(model):
             return factory(model)
     raise MoxinError(f"No runtime can load {model!r} (installed runtimes: "
-                     f"{', '.join(runtimes)}). For .gguf files install moxin-plugin-gguf.")
+                     f"{', '.join(runtimes)}). For .gguf files install moxin-plugin-gguf; a "
+                     "model of another family needs the runtime of the plugin that defines it.")

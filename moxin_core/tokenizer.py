@@ -31,7 +31,10 @@ UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 
 #: ``<|system|>\n{system}\n<|user|>\n{user}\n<|assistant|>\n{reply}<|endoftext|>``; turns repeat,
 #: separated by a newline after each ``<|endoftext|>`` (the Tulu 3 convention); the system turn is
-#: optional; the sequence starts with the BOS token like every pretraining document.
+#: optional; the sequence starts with the BOS token like every pretraining document. Each reply
+#: with its ``<|endoftext|>`` sits in ``{% generation %}`` markers: transformers'
+#: ``apply_chat_template(..., return_assistant_tokens_mask=True)`` labels exactly those tokens
+#: (SFT, DPO), and llama-cpp-python renders the template with them.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{%- for message in messages -%}"
@@ -40,7 +43,8 @@ CHAT_TEMPLATE = (
     "{%- elif message['role'] == 'user' -%}"
     "{{ '<|user|>\\n' + message['content'] + '\\n' }}"
     "{%- elif message['role'] == 'assistant' -%}"
-    "{{ '<|assistant|>\\n' + message['content'] + '<|endoftext|>' }}"
+    "{{ '<|assistant|>\\n' }}"
+    "{%- generation -%}{{ message['content'] + '<|endoftext|>' }}{%- endgeneration -%}"
     "{%- if not loop.last -%}{{ '\\n' }}{%- endif -%}"
     "{%- else -%}"
     "{{ raise_exception('Unknown chat role ' + message['role'] + '; use system, user or assistant') }}"

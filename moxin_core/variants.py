@@ -57,7 +57,12 @@ class HyperParameters:
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | fsdp | deepspeed ...
+    strategy: str = "auto"  # auto | ddp | fsdp (FSDP2, moxin_core.strategies) | deepspeed ...
+    #: examples: every rank builds the same example stream and keeps its own micro-batches (the
+    #: global batch does not depend on the world size); records: each rank reads and tokenises
+    #: only its part of every source (moxin_core.data.stream)
+    data_sharding: str = "examples"
+    data_workers: int = 0  # data-loader worker processes per rank (0: in the training process)
 
     def validate(self, where: str) -> None:
         """Reject absurd values before any work starts; ``where`` names the stage."""
@@ -85,6 +90,10 @@ class HyperParameters:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.grad_clip < 0:
             problems.append(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
+        if self.data_sharding not in ("examples", "records"):
+            problems.append(f"data_sharding must be examples or records, got {self.data_sharding!r}")
+        if not isinstance(self.data_workers, int) or self.data_workers < 0:
+            problems.append(f"data_workers must be an integer >= 0, got {self.data_workers!r}")
         if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
             problems.append(f"precision must be 32-true, bf16-mixed, 16-mixed or bf16-true, "
                             f"got {self.precision!r}")
@@ -117,6 +126,7 @@ class Stage:
         return {
             "name": self.name,
             "objective": self.objective,
+            "objective_options": dict(self.objective_options),
             "data_sources": [{"source": d.source, "weight": d.weight, **d.options} for d in self.data],
             "model": self.model,
             "hyper_parameters": {

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# nothing in the tests may reach a model or data hub (the hub-loading code runs on local paths)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: settings that shrink a `moxin-tiny-base` stage to a seconds-long CPU run
 NANO_SETS = ["pretrain-128.model=moxin-nano", "seq_len=64", "micro_batch_size=4", "warmup_steps=2",
@@ -34,10 +37,49 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
         assert fragment in result.stderr, (fragment, result.stderr)
 
 
+def plugin_distribution(root: Path, dist: str, package: str, code: str) -> Path:
+    """Source folder of a one-module plugin distribution (entry point ``package.plugin``)."""
+    import textwrap
+
+    folder = root / dist
+    (folder / package).mkdir(parents=True)
+    (folder / package / "__init__.py").write_text("")
+    (folder / package / "plugin.py").write_text(textwrap.dedent(code))
+    (folder / "pyproject.toml").write_text(textwrap.dedent(f'''
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "{dist}"
+        version = "1.2.3"
+
+        [project.entry-points.moxin]
+        {package} = "{package}.plugin"
+
+        [tool.setuptools]
+        packages = ["{package}"]
+    '''))
+    return folder
+
+
+def install_distributions(folders: list[Path], target: Path) -> Path:
+    """pip-install plugin source folders into ``target`` (not the shared venv); returns it."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--target", str(target), *map(str, folders)],
+                   check=True, capture_output=True, text=True)
+    return target
+
+
+def plugin_path_env(target: Path) -> dict:
+    """Environment for a subprocess that sees the distributions installed in ``target``."""
+    return {"PYTHONPATH": os.pathsep.join([str(target), str(REPO)])}
+
+
 @pytest.fixture(scope="session")
 def nano_tokenizer(tmp_path_factory) -> Path:
     """The embedded-corpus tokenizer at moxin-nano's vocabulary size (512)."""
-    from moxin_core.train import ensure_embedded_tokenizer
+    from moxin_core.training.blocks import ensure_embedded_tokenizer
 
     return ensure_embedded_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer", 512)
 
@@ -70,15 +112,17 @@ with torch.no_grad():
 
 
 def checkpoint_logits(stage_dir: Path, ids: list) -> "torch.Tensor":
-    """Logits of the weights in the stage's newest checkpoint (what training produced)."""
+    """Logits of the weights in the stage's newest checkpoint (what training produced), in a model
+    built from the stage's recorded family and config."""
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from moxin_core.checkpointing import WEIGHTS, latest_checkpoint
+    from moxin_core.export import model_from_state, stage_model
+    from moxin_core.plugins import Registry
 
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(stage_dir / "model_config.json"))
+    family, config = stage_model(Registry(), stage_dir)
     weights = load_file(latest_checkpoint(stage_dir / "checkpoints") / WEIGHTS)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
+    model = model_from_state(family, config, weights)
     with torch.no_grad():
         return model.eval()(torch.tensor(ids)).logits[0]

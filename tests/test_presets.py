@@ -1,4 +1,5 @@
-"""Model presets: the exact Moxin-7B config, counted on the meta device; tiny presets' ratios."""
+"""Model presets and the causal-lm family: the exact Moxin-7B config, counted on the meta device;
+tiny presets' ratios; folders reload through their family."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 import torch
 
 from moxin_core.errors import MoxinError
-from moxin_core.presets import BUILTIN_PRESETS, build_model, count_parameters
+from moxin_core.models import resolve_model
+from moxin_core.models.causal_lm import CausalLMFamily
+from moxin_core.models.presets import BUILTIN_PRESETS
 from tests.conftest import assert_clean_error, run_cli
 
 MOXIN_7B = {
@@ -48,8 +51,9 @@ def test_models_json_reports_moxin_7b_exactly():
 
 
 def test_counting_7b_does_not_allocate_weights():
-    code = ("import resource; from moxin_core.presets import moxin_7b_config, count_parameters; "
-            "n = count_parameters(moxin_7b_config()); "
+    code = ("import resource; from moxin_core.models.presets import moxin_7b_config; "
+            "from moxin_core.models.causal_lm import CausalLMFamily; "
+            "n = CausalLMFamily().describe(moxin_7b_config())['parameters']; "
             "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     count, max_rss_kib = map(int, out.stdout.split())
@@ -59,8 +63,8 @@ def test_counting_7b_does_not_allocate_weights():
 
 @pytest.mark.parametrize("name", ["moxin-tiny", "moxin-nano"])
 def test_tiny_presets_keep_moxin_ratios(name):
-    config = BUILTIN_PRESETS[name]()
-    big = BUILTIN_PRESETS["moxin-7b"]()
+    config = BUILTIN_PRESETS[name]().config
+    big = BUILTIN_PRESETS["moxin-7b"]().config
     assert config.num_attention_heads / config.num_key_value_heads == \
         big.num_attention_heads / big.num_key_value_heads
     assert config.intermediate_size / config.hidden_size == big.intermediate_size / big.hidden_size
@@ -71,26 +75,38 @@ def test_tiny_presets_keep_moxin_ratios(name):
 
 
 def test_tiny_is_a_few_million_and_nano_is_smaller():
-    tiny = count_parameters(BUILTIN_PRESETS["moxin-tiny"]())
-    nano = count_parameters(BUILTIN_PRESETS["moxin-nano"]())
+    family = CausalLMFamily()
+    tiny = family.describe(BUILTIN_PRESETS["moxin-tiny"]().config)["parameters"]
+    nano = family.describe(BUILTIN_PRESETS["moxin-nano"]().config)["parameters"]
     assert 2e6 < tiny < 10e6
     assert nano < tiny / 10
 
 
-def test_local_checkpoint_loads_through_the_same_function(tmp_path, registry):
+def test_saved_folder_reloads_through_its_family(tmp_path, registry, nano_tokenizer):
+    from moxin_core.export import save_model
+    from moxin_core.tokenizer import load_tokenizer
+
+    ref = resolve_model(registry, "moxin-nano")
+    assert ref.is_preset and ref.family.name == "causal-lm"
     torch.manual_seed(0)
-    model = build_model("moxin-nano", registry)
-    model.save_pretrained(tmp_path / "ckpt")
-    loaded = build_model(str(tmp_path / "ckpt"), registry)
+    model = ref.family.build(ref.preset.config)
+    save_model(model, load_tokenizer(nano_tokenizer), tmp_path / "ckpt", nano_tokenizer)
+    assert json.loads((tmp_path / "ckpt" / "moxin.json").read_text()) == {"family": "causal-lm"}
+    again = resolve_model(registry, str(tmp_path / "ckpt"))
+    assert again.family.name == "causal-lm" and again.source == str(tmp_path / "ckpt")
+    loaded = again.family.load(again.source)
+    assert loaded.training  # ready to train, as a preset's model is
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
 
 
 def test_unknown_preset_is_a_clear_error(registry, tmp_path):
     with pytest.raises(MoxinError, match="Unknown model preset 'moxin-3b'.*moxin-7b"):
-        build_model("moxin-3b", registry)
+        resolve_model(registry, "moxin-3b")
     with pytest.raises(MoxinError, match="does not exist"):
-        build_model(str(tmp_path / "missing"), registry)
+        resolve_model(registry, str(tmp_path / "missing"))
+    with pytest.raises(MoxinError, match="Could not read a model config from 'org/no-such-model'"):
+        resolve_model(registry, "org/no-such-model").config()
 
 
 def test_cli_unknown_preset_and_variant(tmp_path):

@@ -32,7 +32,7 @@ def _env():
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tmp_path_factory):
-    from moxin_core.train import ensure_embedded_tokenizer
+    from moxin_core.training.blocks import ensure_embedded_tokenizer
 
     return ensure_embedded_tokenizer(tmp_path_factory.mktemp("tok2048") / "tokenizer", 2048)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -14,7 +15,7 @@ from moxin_core import hookimpl
 from moxin_core.errors import MoxinError
 from moxin_core.plugins import Registry, get_plugin_manager
 from moxin_core.reporting import sha256_file
-from moxin_core.train import train_variant
+from moxin_core.training.stage import train_variant
 from tests.conftest import (NANO_SETS, assert_clean_error, checkpoint_logits,
                             hf_logits_without_moxin, run_cli)
 
@@ -38,14 +39,17 @@ def test_stage_folder_holds_everything(finished):
     out, results = finished
     stage = out / STAGE
     assert results[0].steps == 6 and results[0].tokens == 6 * 4 * 64
-    for name in ("config.yaml", "manifest.json", "metrics.csv", "loss.png", "model_config.json"):
+    for name in ("config.yaml", "manifest.json", "metrics.csv", "loss.png", "model.json"):
         assert (stage / name).is_file(), name
     assert (stage / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = yaml.safe_load((stage / "config.yaml").read_text())
     assert config["stage"]["hparams"]["seq_len"] == 64 and config["init"] == "moxin-nano"
     manifest = json.loads((stage / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["seed"] == 0 and manifest["steps"] == 6
-    assert manifest["versions"]["torch"] == torch.__version__.split("+")[0] or manifest["versions"]["torch"]
+    for package in ("torch", "lightning", "transformers"):
+        assert manifest["versions"][package] == metadata.version(package), package
+    assert manifest["world_size"] == 1 and manifest["tokens"] == 6 * 4 * 64
+    assert json.loads((stage / "model.json").read_text())["family"] == "causal-lm"
     assert manifest["checkpoint_sha256"] == sha256_file(stage / "hf" / "model.safetensors")
     assert len(manifest["data"]["fingerprint"]) == 16
     # tokens still waiting in the packer buffer count as not packed yet (a 6-step run)

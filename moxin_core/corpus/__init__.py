@@ -32,8 +32,8 @@ from moxin_core.corpus.words import NAMES
 KINDS: tuple[str, ...] = ("prose", "arithmetic", "code")
 DEFAULT_MIX: dict[str, float] = {"prose": 0.5, "arithmetic": 0.3, "code": 0.2}
 
-__all__ = ["DAYS", "DEFAULT_MIX", "ITEMS", "KINDS", "NAMES", "arithmetic_problem", "corpus_fingerprint",
-           "generate_document", "iter_corpus"]
+__all__ = ["DAYS", "DEFAULT_MIX", "ITEMS", "KINDS", "NAMES", "arithmetic_problem",
+           "corpus_fingerprint", "generate_document", "iter_corpus"]
 
 
 def generate_document(rng: random.Random, kind: str) -> str:
@@ -74,25 +74,28 @@ def _choose_kind(rng: random.Random, weights: list[tuple[str, float]]) -> str:
 
 
 def iter_corpus(seed: int = 0, num_documents: int = 2000, mix: dict[str, float] | None = None,
-                start: int = 0) -> Iterator[dict]:
-    """Yield {"text", "kind", "id"} for document ids start..num_documents-1.
+                start: int = 0, step: int = 1) -> Iterator[dict]:
+    """Yield {"text", "kind", "id"} for document ids start, start + step, ... < num_documents.
 
     Document i depends only on (seed, i, mix): it gets a fresh
     ``random.Random(f"moxin-corpus:{seed}:{i}")``, picks its kind from the mix
     with that rng, then generates.  So ``start=k`` gives exactly the documents
-    that skipping the first k would, without generating them.
+    that skipping the first k would, without generating them (and ``step`` picks one document
+    in ``step`` the same way).
     """
     if num_documents < 0:
         raise ValueError(f"num_documents must be >= 0, got {num_documents}")
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
     weights = _check_mix(mix)  # validated here, eagerly, not on the first next()
-    return _generate(seed, num_documents, weights, start)
+    return _generate(seed, num_documents, weights, start, step)
 
 
 def _generate(seed: int, num_documents: int, weights: list[tuple[str, float]],
-              start: int) -> Iterator[dict]:
-    for i in range(start, num_documents):
+              start: int, step: int) -> Iterator[dict]:
+    for i in range(start, num_documents, step):
         rng = random.Random(f"moxin-corpus:{seed}:{i}")
         kind = _choose_kind(rng, weights)
         yield {"text": generate_document(rng, kind), "kind": kind, "id": i}

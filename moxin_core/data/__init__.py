@@ -1,1 +1,1 @@
-"""Data: record sources, the embedded generated corpus, tokenise-and-pack, the Lightning datamodule."""
+"""Data: record sources, tokenise-and-pack, the sharded batch stream, the Lightning datamodule."""

@@ -1,15 +1,16 @@
-"""The LightningDataModule built from data-source names, with exact mid-epoch resume."""
+"""The LightningDataModule built from data-source names: sharded by rank and worker, resumable."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from moxin_core.data.packing import ResumableStream
+from moxin_core import distributed
 from moxin_core.data.sources import DataSource, Mixture, WeightedSource
+from moxin_core.data.stream import BatchStream, Layout, _as_is
 from moxin_core.errors import MoxinError
 from moxin_core.objectives.base import Objective
 from moxin_core.variants import DataSpec
@@ -30,34 +31,53 @@ def build_mixture(registry: Any, specs: Sequence[DataSpec], seed: int) -> Mixtur
 
 
 class MoxinDataModule(pl.LightningDataModule):
-    """Streams examples from weighted data sources through an objective's example builder.
+    """Streams micro-batches from weighted data sources through an objective.
 
-    The position in the stream is part of every checkpoint: ``state_dict()`` returns the stream
-    state right after the last example handed to a training step (not the ones the loader fetched
-    ahead), so a resumed run sees exactly the examples an uninterrupted run would have seen.
+    The stream is sharded by rank and data-loader worker (``moxin_core.data.stream``). The
+    position saved in checkpoints is that of the last batch *handed to a training step*, not of
+    what the loader fetched ahead, for every rank; a resumed run (same world size, workers and
+    micro-batch size) continues with exactly the batches an uninterrupted run would have seen.
 
     Args:
         mixture: the weighted sources (``build_mixture``).
         objective: turns records into examples and examples into batches.
-        tokenizer: a transformers tokenizer.
+        processor: the model's processor (a tokenizer for causal LMs).
         seq_len: tokens per example.
-        micro_batch_size: examples per batch.
+        micro_batch_size: examples per batch and rank.
+        sharding: ``"examples"`` (the global batch does not depend on the world size) or
+            ``"records"`` (each rank reads only its part of every source).
+        workers: data-loader worker processes (0: batches are built in the training process).
         validate_records: records per source read up-front so bad data fails before training.
     """
 
-    def __init__(self, mixture: Mixture, objective: Objective, tokenizer: Any, seq_len: int,
-                 micro_batch_size: int, validate_records: int = 64) -> None:
+    def __init__(self, mixture: Mixture, objective: Objective, processor: Any, seq_len: int,
+                 micro_batch_size: int, sharding: str = "examples", workers: int = 0,
+                 validate_records: int = 64) -> None:
         super().__init__()
-        self.mixture, self.objective, self.tokenizer = mixture, objective, tokenizer
+        self.mixture, self.objective, self.processor = mixture, objective, processor
         self.seq_len, self.micro_batch_size = seq_len, micro_batch_size
+        self.sharding, self.workers = sharding, workers
         self.validate_records = validate_records
-        self.stream: ResumableStream | None = None
-        self._last_index: int | None = None
-        self._resume_state: dict | None = None
+        Layout(sharding=sharding)  # a bad mode fails here
+        self._states: dict[int, dict] = {}  # logical stream -> state after its last trained batch
+        self._next = 0  # the logical stream of the next batch
+        self._resume: dict | None = None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The processor (for causal LMs, the tokenizer)."""
+        return self.processor
+
+    # -- layout
+    def layout(self) -> Layout:
+        """This process's rank and world size (from the trainer it is attached to, if any)."""
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return Layout(rank, world, max(self.workers, 1), self.sharding)
 
     def check_data(self) -> None:
         """Read the first records of every source through the example builder (fail early)."""
-        builder = self.objective.example_builder(self.tokenizer, self.seq_len)
+        builder = self.objective.example_builder(self.processor, self.seq_len)
         for item in self.mixture.sources:
             count = 0
             for record, _ in item.source.iter_from(None):
@@ -69,35 +89,72 @@ class MoxinDataModule(pl.LightningDataModule):
                 raise MoxinError(f"Data source {item.source.describe()} is empty: it yielded no "
                                  "record. Check its files or options.")
 
-    def setup(self, stage: str) -> None:
-        if self.stream is None:
-            builder = self.objective.example_builder(self.tokenizer, self.seq_len)
-            self.stream = ResumableStream(self.mixture, builder)
-            if self._resume_state is not None:
-                self.stream.load_state_dict(self._resume_state)
+    def _stream(self, start: dict[int, dict] | None = None, first: int = 0) -> BatchStream:
+        return BatchStream(self.mixture,
+                           lambda: self.objective.example_builder(self.processor, self.seq_len),
+                           self.objective.collate, self.micro_batch_size, self.layout(),
+                           start, first)
 
     def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        # num_workers=0 keeps the stream (and its snapshots) in this process: exact resume.
-        return DataLoader(self.stream, batch_size=self.micro_batch_size, num_workers=0,
-                          collate_fn=self._collate)
+        start, first = ({}, 0) if self._resume is None else (self._resume["streams"],
+                                                              self._resume["next"])
+        self._states, self._next = dict(start), first
+        return DataLoader(self._stream(start, first), batch_size=None, collate_fn=_as_is,
+                          num_workers=self.workers, persistent_workers=False)
 
-    def _collate(self, examples: list[dict]) -> dict:
-        batch = self.objective.collate(examples)
-        batch["example_index"] = max(e["example_index"] for e in examples)
-        return batch
+    def iter_batches(self) -> Iterator[dict]:
+        """This rank's batches from the start of the stage, in training order, built in this
+        process (for look-aheads such as precomputing reference log-probabilities)."""
+        for item in self._stream().in_loader_order():
+            yield item["batch"]
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         # Called for the batch about to be trained on, after any fetch-ahead.
-        self._last_index = batch.pop("example_index")
-        return batch
+        if "stream" not in batch:
+            return batch  # not from this module's loader
+        self._states[batch["stream"]] = batch["state"]
+        self._next = (batch["stream"] + 1) % max(self.workers, 1)
+        return batch["batch"]
+
+    # -- checkpoints
+    def _local_state(self) -> dict[str, Any]:
+        if self._resume is not None and not self._states:
+            return self._resume  # saved before any batch of this run was trained
+        layout = self.layout()
+        return {"streams": dict(self._states), "next": self._next,
+                "world_size": layout.world_size, "workers": layout.workers,
+                "sharding": self.sharding, "micro_batch_size": self.micro_batch_size}
 
     def state_dict(self) -> dict[str, Any]:
-        if self.stream is None or self._last_index is None:
-            return {"stream": self._resume_state}
-        return {"stream": self.stream.state_after(self._last_index)}
+        return distributed.per_rank(self._local_state())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._resume_state = state_dict.get("stream")
-        if self.stream is not None and self._resume_state is not None:
-            self.stream.load_state_dict(self._resume_state)
+        state = distributed.this_rank(state_dict)
+        layout = self.layout()
+        saved = (state.get("world_size"), state.get("workers"), state.get("sharding"),
+                 state.get("micro_batch_size"))
+        if saved != (layout.world_size, layout.workers, self.sharding, self.micro_batch_size):
+            raise MoxinError(
+                "Cannot resume the data stream exactly: the checkpoint was written with world "
+                f"size {saved[0]}, {saved[1]} data stream(s) per rank, sharding {saved[2]!r} and "
+                f"micro-batch size {saved[3]}; this run has {layout.world_size}, "
+                f"{layout.workers}, {self.sharding!r} and {self.micro_batch_size}. Resume with "
+                "the original settings.")
+        self._resume = state
+
+    # -- statistics
+    def stats(self) -> dict[str, int] | None:
+        """The example builders' counters over every rank and worker (collective)."""
+        states = [s for local in distributed.gather_objects(self._local_state())
+                  for s in local["streams"].values()
+                  if isinstance(s.get("builder"), dict) and "stats" in s["builder"]]
+        if not states:
+            return None
+        if self.sharding == "examples":
+            # every process built the whole stream: the one furthest along counts everything
+            return dict(max(states, key=lambda s: s["chunk"])["builder"]["stats"])
+        total: dict[str, int] = {}
+        for stats in (s["builder"]["stats"] for s in states):
+            for key, value in stats.items():
+                total[key] = total.get(key, 0) + value
+        return total

@@ -1,4 +1,4 @@
-"""Tokenise-and-pack into fixed-length blocks, and a resumable stream of examples.
+"""Tokenise-and-pack into fixed-length blocks, and the example-builder contract.
 
 Pretraining documents are laid end to end as ``[BOS] tokens [EOS]`` and cut into blocks of exactly
 ``seq_len`` tokens: no padding, no token lost or repeated. Position ids restart at every document
@@ -7,20 +7,16 @@ be limited to one document by kernels that read packed position ids (transformer
 so for sdpa, eager and flash attention when no attention mask is passed).
 
 TRL's ``pack_dataset`` does the same cut on an in-memory ``datasets.Dataset``; moxin packs a stream
-instead, because exact resume needs the packer's carry-over tokens in the checkpoint.
+instead, because exact resume needs the packer's carry-over tokens in the checkpoint
+(``moxin_core.data.stream``).
 """
 
 from __future__ import annotations
 
-import copy
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
-from torch.utils.data import IterableDataset
-
-from moxin_core.data.sources import Mixture
 
 
 def pack_documents(documents: Iterable[list[int]], seq_len: int, bos_id: int,
@@ -63,12 +59,12 @@ class DocumentPacker:
         return self.tokens_out / self.tokens_in if self.tokens_in else 1.0
 
     def state_dict(self) -> dict:
-        return {"buffer": list(self.buffer), "tokens_in": self.tokens_in,
-                "tokens_out": self.tokens_out}
+        return {"buffer": list(self.buffer),
+                "stats": {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out}}
 
     def load_state_dict(self, state: dict) -> None:
         self.buffer = list(state["buffer"])
-        self.tokens_in, self.tokens_out = state["tokens_in"], state["tokens_out"]
+        self.tokens_in, self.tokens_out = state["stats"]["tokens_in"], state["stats"]["tokens_out"]
 
 
 def document_position_ids(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
@@ -81,56 +77,13 @@ def document_position_ids(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
 
 
 class ExampleBuilder(Protocol):
-    """Turns records into training examples; its state is part of the stream position."""
+    """Turns records into training examples; its state is part of the stream position.
+
+    ``state_dict()`` may hold ``"stats"``: ``{name: count}`` of what it did (conversations,
+    truncated, skipped, tokens in and out of packed blocks); ``moxin train`` prints them and
+    stores them in the manifest.
+    """
 
     def feed(self, record: dict) -> list[dict]: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
-
-
-class ResumableStream(IterableDataset):
-    """Examples built from a ``Mixture``, resumable after any example.
-
-    After each example the stream snapshots the mixture and builder state; ``state_after(i)`` gives
-    the snapshot taken after example ``i`` (the last one trained on), which ``load_state_dict``
-    turns back into a stream that continues with example ``i + 1``. Snapshots are kept for the
-    last ``keep`` examples (the ones a data loader may have fetched ahead of training).
-    """
-
-    def __init__(self, mixture: Mixture, builder: ExampleBuilder, keep: int = 4096) -> None:
-        super().__init__()
-        self.mixture, self.builder, self.keep = mixture, builder, keep
-        self._snapshots: OrderedDict[int, dict] = OrderedDict()
-        self._start: dict | None = None
-
-    def load_state_dict(self, state: dict) -> None:
-        self._start = copy.deepcopy(state)
-
-    def state_after(self, index: int) -> dict:
-        if index not in self._snapshots:
-            raise KeyError(f"no snapshot for example {index}")
-        return self._snapshots[index]
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        index, pending = 0, []
-        if self._start is not None:
-            self.mixture.load_state_dict(self._start["mixture"])
-            self.builder.load_state_dict(self._start["builder"])
-            index, pending = self._start["next_index"], copy.deepcopy(self._start["pending"])
-        records = iter(self.mixture)  # endless: sources restart when they run out
-        while True:
-            while not pending:
-                pending.extend(self.builder.feed(next(records)))
-            example = pending.pop(0)
-            # One record can complete several examples (a long document fills many blocks); the
-            # ones not yet yielded are part of the position.
-            self._snapshots[index] = {
-                "mixture": self.mixture.state_dict(),
-                "builder": self.builder.state_dict(),
-                "pending": copy.deepcopy(pending),
-                "next_index": index + 1,
-            }
-            while len(self._snapshots) > self.keep:
-                self._snapshots.popitem(last=False)
-            yield {**example, "example_index": index}
-            index += 1

@@ -12,6 +12,7 @@ Sources are registered by name through the ``moxin_data_sources`` hook; built-in
 
 from __future__ import annotations
 
+import copy
 import glob
 import hashlib
 import json
@@ -45,6 +46,40 @@ class DataSource(ABC):
 
     def describe(self) -> str:
         return self.name
+
+    def shard(self, index: int, count: int) -> DataSource:
+        """Part ``index`` of ``count`` disjoint parts of this source (``records`` sharding).
+
+        The default keeps every ``count``-th record, starting at record ``index``; sources that
+        can seek to their own part (the embedded corpus, ``hf_dataset``) override it.
+        """
+        return StridedSource(self, index, count)
+
+
+class StridedSource(DataSource):
+    """Records ``index``, ``index + count``, ... of another source (the default ``shard``).
+
+    The position is ``[inner position, records read]``.
+    """
+
+    def __init__(self, source: DataSource, index: int, count: int) -> None:
+        if not 0 <= index < count:
+            raise ValueError(f"shard {index} of {count} does not exist")
+        self.source, self.index, self.count = source, index, count
+        self.name = source.name
+
+    def iter_from(self, position: list | None) -> Iterator[tuple[dict, list]]:
+        inner, seen = position if position is not None else (None, 0)
+        for record, inner in self.source.iter_from(inner):
+            seen += 1
+            if (seen - 1) % self.count == self.index:
+                yield record, [inner, seen]
+
+    def fingerprint(self) -> str:
+        return _hash("shard", self.source.fingerprint(), self.index, self.count)
+
+    def describe(self) -> str:
+        return f"{self.source.describe()}[part {self.index + 1}/{self.count}]"
 
 
 def select_text(record: dict, text_field: str | None) -> dict:
@@ -83,18 +118,27 @@ class EmbeddedCorpus(DataSource):
         except ValueError as exc:
             raise MoxinError(f"embedded: {exc}") from None
         self.seed, self.num_documents, self.mix = seed, num_documents, mix
+        self.part, self.parts = 0, 1
+
+    def shard(self, index: int, count: int) -> EmbeddedCorpus:
+        """Documents ``index``, ``index + count``, ... (generated directly, none skipped)."""
+        part = copy.copy(self)
+        part.part, part.parts = self.part + index * self.parts, self.parts * count
+        return part
 
     def iter_from(self, position: int | None) -> Iterator[tuple[dict, int]]:
-        start = position or 0
-        for record in corpus.iter_corpus(self.seed, self.num_documents, self.mix, start=start):
+        start = self.part if position is None else position
+        for record in corpus.iter_corpus(self.seed, self.num_documents, self.mix, start=start,
+                                         step=self.parts):
             record[ORIGIN] = f"embedded[seed={self.seed}]:{record['id']}"
-            yield record, record["id"] + 1
+            yield record, record["id"] + self.parts
 
     def fingerprint(self) -> str:
         return _hash("embedded", self.seed, self.num_documents, self.mix)
 
     def describe(self) -> str:
-        return f"embedded(seed={self.seed}, num_documents={self.num_documents})"
+        part = f", part {self.part + 1}/{self.parts}" if self.parts > 1 else ""
+        return f"embedded(seed={self.seed}, num_documents={self.num_documents}{part})"
 
 
 _TEXT_SUFFIXES = (".txt", ".md")
@@ -222,8 +266,11 @@ class Files(DataSource):
 class HFDataset(DataSource):
     """Any ``datasets.load_dataset`` path (local folder, builder name or hub id), streamed.
 
-    The position is the number of records consumed; resuming skips that many records of the
-    stream (``IterableDataset.skip``).
+    The position is the stream's own ``IterableDataset.state_dict()`` after each record: a
+    resumed stream continues in the shard (file) it stopped in, without reading the shards
+    before it again. ``records`` sharding uses ``datasets.distributed.split_dataset_by_node``
+    (whole shards per part when the shard count divides evenly, else every part reads all and
+    keeps its own records).
     """
 
     name = "hf_dataset"
@@ -234,14 +281,23 @@ class HFDataset(DataSource):
         self.text_field = text_field
         self.path, self.config_name, self.split = path, name, split
         self.data_files, self.revision = data_files, revision
+        self.part, self.parts = 0, 1
         self._dataset = None
+
+    def shard(self, index: int, count: int) -> HFDataset:
+        if self.parts != 1:
+            return StridedSource(self, index, count)  # type: ignore[return-value]
+        part = copy.copy(self)
+        part.part, part.parts, part._dataset = index, count, None
+        return part
 
     def _load(self):
         if self._dataset is None:
             import datasets
+            from datasets.distributed import split_dataset_by_node
 
             try:
-                self._dataset = datasets.load_dataset(
+                dataset = datasets.load_dataset(
                     self.path, self.config_name, split=self.split, data_files=self.data_files,
                     revision=self.revision, streaming=True)
             except Exception as exc:
@@ -249,17 +305,25 @@ class HFDataset(DataSource):
                     f"hf_dataset: could not load {self.path!r} (split {self.split!r}): "
                     f"{type(exc).__name__}: {exc}. Give a local folder, a builder name with "
                     "data_files, or a hub id reachable from this machine.") from None
+            if self.parts > 1:
+                dataset = split_dataset_by_node(dataset, rank=self.part, world_size=self.parts)
+            self._dataset = dataset
         return self._dataset
 
-    def iter_from(self, position: int | None) -> Iterator[tuple[dict, int]]:
+    def iter_from(self, position: dict | None) -> Iterator[tuple[dict, dict]]:
+        if position is None:
+            self._dataset = None  # a fresh object: one that was resumed would resume again
         dataset = self._load()
-        start = position or 0
-        if start:
-            dataset = dataset.skip(start)
-        for index, record in enumerate(dataset, start=start):
+        index = 0
+        if position is not None:
+            dataset.load_state_dict(position["dataset"])
+            index = position["records"]
+        for record in dataset:
             record = dict(record)
             record[ORIGIN] = f"{self.path}[{self.split}]:{index}"
-            yield select_text(record, self.text_field), index + 1
+            index += 1
+            yield (select_text(record, self.text_field),
+                   {"dataset": dataset.state_dict(), "records": index})
 
     def fingerprint(self) -> str:
         local = Path(self.path)
@@ -269,7 +333,8 @@ class HFDataset(DataSource):
                      self.revision, stats)
 
     def describe(self) -> str:
-        return f"hf_dataset({self.path}, split={self.split})"
+        part = f", part {self.part + 1}/{self.parts}" if self.parts > 1 else ""
+        return f"hf_dataset({self.path}, split={self.split}{part})"
 
 
 BUILTIN_SOURCES = {"embedded": EmbeddedCorpus, "files": Files, "hf_dataset": HFDataset}
@@ -316,6 +381,11 @@ class Mixture:
     def fingerprint(self) -> str:
         return _hash("mixture", self.seed,
                      [(s.source.fingerprint(), s.weight) for s in self.sources])
+
+    def sharded(self, index: int, count: int) -> Mixture:
+        """The same weights and seed over part ``index`` of ``count`` of every source."""
+        return Mixture([WeightedSource(s.source.shard(index, count), s.weight)
+                        for s in self.sources], seed=self.seed)
 
     def _next_from(self, index: int) -> dict:
         for attempt in range(2):

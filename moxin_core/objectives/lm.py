@@ -36,11 +36,6 @@ class TextPacker:
                              split_special_tokens=True)["input_ids"]
         return [{"input_ids": block} for block in self.packer.add(ids)]
 
-    @property
-    def efficiency(self) -> float:
-        """Share of tokenised tokens that went into blocks so far."""
-        return self.packer.efficiency
-
     def state_dict(self) -> dict:
         return self.packer.state_dict()
 
@@ -49,11 +44,14 @@ class TextPacker:
 
 
 class CausalLM(Objective):
-    """Next-token cross-entropy, mean over the tokens of a micro-batch.
+    """Next-token cross-entropy, mean over the predicted tokens of the micro-batch on all ranks.
 
     Blocks are fully packed, so every micro-batch holds the same number of predicted tokens (less
     the BOS positions, which carry no label) and the mean weighs tokens almost equally across
-    accumulation steps.
+    accumulation steps. On several ranks each rank divides its summed loss by the token count of
+    the whole global micro-batch (one all-reduce of a scalar), times the world size that DDP/FSDP
+    average over: the gradient is that of the mean over every rank's tokens, exactly what one
+    rank with the whole global micro-batch computes.
     """
 
     name = "lm"
@@ -75,6 +73,13 @@ class CausalLM(Objective):
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = batch["labels"]
+        extra = {}
+        if self.context is not None and self.context.world_size > 1:
+            count = (labels[:, 1:] != IGNORE_INDEX).sum()
+            # transformers divides the summed cross-entropy by num_items_in_batch
+            extra["num_items_in_batch"] = (self.context.all_reduce_sum(count)
+                                           / self.context.world_size)
         out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                    labels=batch["labels"], use_cache=False)
+                    labels=labels, use_cache=False, **extra)
         return out.loss, {}

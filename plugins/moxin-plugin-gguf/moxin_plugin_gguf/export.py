@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from moxin_core import MoxinError
+from moxin_core.api import MoxinError
 
 from moxin_plugin_gguf.quantize import K_QUANTS
 from moxin_plugin_gguf.writer import DIRECT_OUTTYPES, SafetensorsCheckpoint
@@ -54,7 +54,7 @@ def export_gguf(model_path: str | Path, out: str | Path, force: bool = False,
     Returns ``out``. Raises MoxinError for unusable inputs or a failed parity check (then no
     file is left at ``out``).
     """
-    from moxin_core.export_hf import resolve_model_folder
+    from moxin_core.api import resolve_model_folder
 
     if options:
         raise MoxinError(f"Unknown gguf export option(s) {sorted(options)}; known: outtype, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from moxin_core import hookimpl
+from moxin_core.api import hookimpl
 
 
 def _factory() -> Callable[..., Any]:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from moxin_core import MoxinError
+from moxin_core.api import MoxinError
 
 #: outtype -> name of the ``llama_ftype`` constant in ``llama_cpp``
 K_QUANTS = {

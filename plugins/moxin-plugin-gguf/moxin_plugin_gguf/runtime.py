@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moxin_core import MoxinError
-from moxin_core.runtime import Message, Runtime, check_messages
-from moxin_core.tokenizer import END_OF_TURN
+from moxin_core.api import END_OF_TURN, Message, MoxinError, Runtime, check_messages
 
 #: the largest context the runtime allocates (tokens)
 MAX_CONTEXT = 4096

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from moxin_core import MoxinError
+from moxin_core.api import MoxinError
 
 CONTROL = 3  # sentencepiece_model.proto ModelProto.SentencePiece.Type.CONTROL == gguf TokenType.CONTROL
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moxin_core import MoxinError
+from moxin_core.api import MoxinError
 from moxin_plugin_gguf.vocab import Vocabulary, load_vocabulary
 
 ARCH = "llama"

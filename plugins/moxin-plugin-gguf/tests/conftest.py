@@ -31,14 +31,14 @@ def _test_config(vocab_size: int = 512):
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    from moxin_core.train import ensure_embedded_tokenizer
+    from moxin_core.training.blocks import ensure_embedded_tokenizer
 
     return ensure_embedded_tokenizer(tmp_path_factory.mktemp("gguf-tok") / "tok", 512)
 
 
 @pytest.fixture(scope="session")
 def hf_folder(tmp_path_factory, tokenizer_dir) -> Path:
-    from moxin_core.export_hf import save_hf_folder
+    from moxin_core.export import save_model
     from moxin_core.tokenizer import load_tokenizer
     from transformers import AutoModelForCausalLM
 
@@ -46,7 +46,7 @@ def hf_folder(tmp_path_factory, tokenizer_dir) -> Path:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_test_config())
     _train_briefly(model, tokenizer)
-    return save_hf_folder(model, tokenizer, tmp_path_factory.mktemp("gguf-hf") / "hf",
+    return save_model(model, tokenizer, tmp_path_factory.mktemp("gguf-hf") / "hf",
                           tokenizer_dir)
 
 

@@ -1,21 +1,22 @@
 """Conversations: validation, rendering with the chat template, and assistant-only labels.
 
-A conversation is rendered once with the tokenizer's chat template and tokenised once (with
-character offsets), so the training ids are exactly the ids the same text gets at inference. The
-character span of every assistant reply (its content and the closing ``<|endoftext|>``) is found by
-rendering the conversation's prefixes; a token carries a label when it overlaps such a span. A
-token that straddles the boundary (a ``"\\n}"`` piece merging the newline after ``<|assistant|>``
-with the reply's first character) is labelled, since it holds reply text.
+A conversation is rendered and tokenised once by the tokenizer's chat template
+(``apply_chat_template``), so the training ids are exactly the ids the same conversation gets at
+inference. The Moxin template marks every assistant reply (its content and the closing
+``<|endoftext|>``) with ``{% generation %}``, and transformers' ``return_assistant_tokens_mask``
+labels exactly the tokens in those marks; a token that straddles the boundary (a ``"\\n}"`` piece
+merging the newline after ``<|assistant|>`` with the reply's first character) is labelled, since
+it holds reply text. A third-party template without the marks is handled by locating each reply's
+characters through renderings of the conversation's prefixes, with the same result.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
-from moxin_core.data.sources import ORIGIN
-from moxin_core.errors import MoxinError
-from moxin_core.runtime import check_messages
+from moxin_core.api import ORIGIN, MoxinError, check_messages
 
 Message = dict[str, str]
 
@@ -49,19 +50,39 @@ def render(tokenizer: Any, messages: Sequence[Message], train_on: str = "all",
     if tokenizer.chat_template is None:
         raise MoxinError("The tokenizer has no chat template; SFT and DPO need one (the Moxin "
                          "tokenizer folders carry it).")
+    if GENERATION_MARK.search(tokenizer.chat_template):
+        rendered = tokenizer.apply_chat_template(
+            list(messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+            add_generation_prompt=add_generation_prompt)
+        ids, mask = list(rendered["input_ids"]), [bool(m) for m in rendered["assistant_masks"]]
+    else:
+        ids, mask = _render_by_prefixes(tokenizer, messages, add_generation_prompt)
+    if train_on == "last" and any(mask):
+        # replies are separated by turn markers: the last run of labelled tokens is the last one
+        start = max(i for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1]))
+        mask = [m and i >= start for i, m in enumerate(mask)]
+    return ids, mask
+
+
+#: the chat-template tag that opens the trained part of an assistant turn
+GENERATION_MARK = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
+def _render_by_prefixes(tokenizer: Any, messages: Sequence[Message],
+                        add_generation_prompt: bool) -> tuple[list[int], list[bool]]:
+    """For templates without generation marks: each reply's characters are found by rendering
+    the conversation's prefixes; a token is labelled when it overlaps a reply."""
     text = tokenizer.apply_chat_template(list(messages), tokenize=False,
                                          add_generation_prompt=add_generation_prompt)
     spans = []
-    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    if train_on == "last":
-        replies = replies[-1:]
-    for i in replies:
+    for i in (i for i, m in enumerate(messages) if m["role"] == "assistant"):
         prefix = tokenizer.apply_chat_template(list(messages[:i]), tokenize=False,
                                                add_generation_prompt=True)
         through = tokenizer.apply_chat_template(list(messages[: i + 1]), tokenize=False)
         if not (text.startswith(prefix) and text.startswith(through)):
             raise MoxinError("The chat template does not render conversations prefix by prefix; "
-                             "assistant spans cannot be located.")
+                             "assistant spans cannot be located. Mark the assistant replies with "
+                             "{% generation %} ... {% endgeneration %} in the template.")
         spans.append((len(prefix), len(through)))
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoded["input_ids"], encoded["offset_mapping"]

@@ -17,9 +17,8 @@ import random
 import re
 from collections.abc import Iterator
 
-from moxin_core.corpus import DAYS, ITEMS, NAMES, arithmetic_problem
-from moxin_core.data.sources import ORIGIN, DataSource
-from moxin_core.errors import MoxinError
+from moxin_core.api import (DAYS, ITEMS, NAMES, ORIGIN, DataSource, MoxinError,
+                            arithmetic_problem)
 
 SPLITS = ("train", "heldout")
 HELDOUT_SHARE = 10  # one conversation in ten

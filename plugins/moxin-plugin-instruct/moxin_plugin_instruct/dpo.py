@@ -26,16 +26,17 @@ is skipped and counted (``skipped_long_prompt``); a reply running past ``seq_len
 Logged: ``rewards/chosen`` and ``rewards/rejected`` (``beta`` times the log-ratio the loss uses),
 ``rewards/accuracy`` (share of pairs whose chosen reward is higher), ``rewards/margin``.
 
-**Reference.** ``reference="model"`` keeps a frozen copy of the starting model and runs it on every
-batch. ``reference="precomputed"`` (default) runs the starting model once over exactly the pairs
-training will see (the data stream is deterministic), stores their log-probabilities with the run
-(``reference_logps.pt`` in the stage folder) and frees the copy: each step then costs only the
-policy's forward and backward. A resumed run loads the stored file instead of recomputing it.
+**Reference.** ``reference="model"`` registers a frozen copy of the starting model with the
+module (``ObjectiveContext.add_frozen_model``: device, precision and sharding apply to it) and runs
+it on every batch. ``reference="precomputed"`` (default) runs the starting model once, before the
+first step, over exactly the pairs training will see (``ObjectiveContext.training_batches``: each
+rank its own), gathers the log-probabilities of all ranks and stores them with the run
+(``reference_logps.pt`` in the stage folder): each step then costs only the policy's forward and
+backward. A resumed run loads the stored file instead of recomputing it.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import os
@@ -45,10 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from moxin_core.data.packing import ResumableStream
-from moxin_core.data.sources import Mixture
-from moxin_core.errors import MoxinError
-from moxin_core.objectives.base import Objective
+from moxin_core.api import MoxinError, Objective, ObjectiveContext, sequence_logps
 
 from moxin_plugin_instruct.chat import check_conversation, origin_of, pad_token_id, render
 
@@ -156,22 +154,6 @@ class PairBuilder:
 # ----------------------------------------------------------------------------- math
 
 
-def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor, completion_mask: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the summed log-probability of the completion tokens, and their count.
-
-    Token ``t`` is predicted from the logits at ``t - 1``; only tokens with
-    ``completion_mask`` set count.
-    """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    logits = logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    mask = completion_mask[:, 1:].to(logits.dtype)
-    token_logps = torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
-
-
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
              reference_chosen: torch.Tensor, reference_rejected: torch.Tensor, beta: float,
              loss_type: str = "sigmoid", label_smoothing: float = 0.0
@@ -226,7 +208,7 @@ class DPO(Objective):
             raise MoxinError(f"dpo: beta must be positive, got {beta}.")
         self.reference_cache = reference_cache
         self.pad_id = 0
-        self.module: Any = None
+        #: the reference in a bare loop without MoxinModule (reference="model")
         self.reference_model: torch.nn.Module | None = None
         self._cache: dict[int, torch.Tensor] | None = None
 
@@ -254,15 +236,22 @@ class DPO(Objective):
         return int(batch["attention_mask"].sum())
 
     # -- reference
-    def setup(self, module: Any) -> None:
-        """Keep the starting weights: a frozen copy (``model``) or, for ``precomputed``, nothing
-        yet (log-probs are computed or loaded at the first step, on the training device)."""
-        self.module = module
-        if self.reference == "model" and self.reference_model is None:
-            self.reference_model = copy.deepcopy(module.model).eval().requires_grad_(False)
+    def setup(self, context: ObjectiveContext) -> None:
+        """``model``: register a frozen copy of the starting model; ``precomputed``: nothing yet
+        (the log-probs are computed or loaded in ``on_fit_start``, on the training device)."""
+        super().setup(context)
+        if self.reference == "model":
+            context.add_frozen_model("reference")
 
-    def _logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def on_fit_start(self) -> None:
+        if self.reference == "precomputed" and self._cache is None:
+            self._cache = self._load_or_precompute()
+
+    def sequence_scores(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row of ``batch`` (chosen rows, then rejected rows): what the loss compares (the
+        reply's summed log-probability for ``sigmoid``, its per-token mean otherwise), and the
+        reply's token count."""
         total, count = sequence_logps(model, batch["input_ids"], batch["attention_mask"],
                                       batch["completion_mask"])
         return self._per_sequence(total, count), count
@@ -271,20 +260,24 @@ class DPO(Objective):
         """What the loss compares: summed log-probs (``sigmoid``) or per-token means."""
         return total if self.loss_type == "sigmoid" else total / count.clamp(min=1)
 
-    def _reference_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
-                         ) -> torch.Tensor:
+    def _reference(self) -> torch.nn.Module:
+        if self.context is not None:
+            return self.context.frozen_model("reference")
+        if self.reference_model is None:
+            raise MoxinError("dpo: reference='model' needs the reference model: train through "
+                             "MoxinModule (its setup registers a frozen copy of the starting "
+                             "model), or set objective.reference_model in a bare loop.")
+        return self.reference_model
+
+    def _reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.reference == "model":
-            reference = self.reference_model
-            if reference is None:
-                raise MoxinError("dpo: the reference model was not set up; call "
-                                 "objective.setup(module) (MoxinModule does) before training.")
-            device = batch["input_ids"].device
-            if next(reference.parameters()).device != device:
-                reference.to(device)
             with torch.no_grad():
-                return self._logps(reference, batch)[0]
+                return self.sequence_scores(self._reference(), batch)[0]
         if self._cache is None:
-            self._cache = self._load_or_precompute(model)
+            raise MoxinError("dpo: reference='precomputed' needs the training data up front, "
+                             "which a Trainer.fit with a MoxinDataModule provides (the log-probs "
+                             "are computed when the fit starts); in a bare loop use "
+                             "reference='model'.")
         rows = []
         for key in batch["pair_keys"].tolist():
             if key not in self._cache:
@@ -300,70 +293,81 @@ class DPO(Objective):
     def _cache_path(self) -> Path:
         if self.reference_cache:
             return Path(self.reference_cache)
-        trainer = getattr(self.module, "_trainer", None)
-        root = Path(trainer.default_root_dir) if trainer is not None else Path.cwd()
-        return root / CACHE_NAME
+        return self.context.stage_dir / CACHE_NAME
 
-    def _load_or_precompute(self, model: torch.nn.Module) -> dict[int, torch.Tensor]:
-        trainer = getattr(self.module, "_trainer", None)
-        datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "mixture"):
-            raise MoxinError("dpo: reference='precomputed' needs the training data up front (a "
-                             "MoxinDataModule from moxin_core.train.build_datamodule); with other "
-                             "data loaders use reference='model'.")
-        pairs = trainer.max_steps * trainer.accumulate_grad_batches * datamodule.micro_batch_size
-        fingerprint = {"data": datamodule.mixture.fingerprint(), "seq_len": datamodule.seq_len,
-                       "pairs": pairs, "vocab": len(datamodule.tokenizer)}
+    def _fingerprint(self) -> dict[str, Any]:
+        context = self.context
+        datamodule = context.datamodule
+        return {"data": datamodule.mixture.fingerprint(), "seq_len": datamodule.seq_len,
+                "micro_batches": context.training_micro_batches,
+                "micro_batch_size": datamodule.micro_batch_size,
+                "world_size": context.world_size, "sharding": datamodule.sharding,
+                "vocab": len(context.processor)}
+
+    def _load_or_precompute(self) -> dict[int, torch.Tensor]:
+        context = self.context
+        if context is None:
+            raise MoxinError("dpo: reference='precomputed' runs through MoxinModule, which "
+                             "calls Objective.setup; in a bare loop use reference='model'.")
+        fingerprint = self._fingerprint()
         path = self._cache_path()
         if path.exists():
             stored = torch.load(path, weights_only=True)
             if stored.get("fingerprint") == fingerprint:
-                print(f"Loaded reference log-probs of {len(stored['keys'])} pairs from {path}")
+                if context.is_rank_zero:
+                    print(f"Loaded reference log-probs of {len(stored['keys'])} pairs from {path}")
                 return dict(zip(stored["keys"].tolist(), stored["logps"]))
             raise MoxinError(f"{path} holds reference log-probs for other data or settings "
                              f"({stored.get('fingerprint')} != {fingerprint}). Delete it to "
                              "recompute, or restore the original settings.")
-        keys, logps = self._precompute(model, datamodule, pairs)
-        if trainer.is_global_zero:
+        if context.trainer.global_step > 0:
+            raise MoxinError(f"dpo: the reference log-probs {path} are missing; they were written "
+                             "before the first step of this run and the resumed model can no "
+                             "longer produce them. Restore the file, or start the stage again.")
+        keys, logps = self._precompute(context)
+        gathered = context.gather((keys, logps))  # every rank keeps every pair: any rank's file
+        keys = torch.cat([k for k, _ in gathered])
+        logps = torch.cat([v for _, v in gathered])
+        if context.is_rank_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
             torch.save({"fingerprint": fingerprint, "keys": keys, "logps": logps}, tmp)
             os.replace(tmp, path)
+        context.barrier()
         return dict(zip(keys.tolist(), logps))
 
-    def _precompute(self, model: torch.nn.Module, datamodule: Any, pairs: int
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum and count of reference log-probs for the first ``pairs`` training pairs."""
+    def _precompute(self, context: ObjectiveContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum and count of reference log-probs of this rank's training pairs (the model is still
+        the starting model: this runs before the first step)."""
         from tqdm.auto import tqdm
 
-        mixture = Mixture(datamodule.mixture.sources, seed=datamodule.mixture.seed)
-        stream = iter(ResumableStream(mixture, self.example_builder(datamodule.tokenizer,
-                                                                    datamodule.seq_len), keep=1))
-        device = next(model.parameters()).device
+        model, device = context.model, context.device
+        batches = context.training_batches()
         keys, rows = [], []
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad(), tqdm(total=pairs, desc="Reference log-probs", unit="pair") as bar:
-                while len(keys) < pairs:
-                    examples = [next(stream) for _ in range(min(datamodule.micro_batch_size,
-                                                                pairs - len(keys)))]
-                    batch = {k: v.to(device) for k, v in self.collate(examples).items()}
+            with (torch.no_grad(), context.forward_context(),
+                  tqdm(total=context.training_micro_batches, desc="Reference log-probs",
+                       unit="batch", disable=not context.is_rank_zero) as bar):
+                for _ in range(context.training_micro_batches):
+                    batch = {k: v.to(device) for k, v in next(batches).items()}
                     total, count = sequence_logps(model, batch["input_ids"],
                                                   batch["attention_mask"], batch["completion_mask"])
-                    n = len(examples)
-                    rows.append(torch.stack([total[:n], count[:n], total[n:], count[n:]], 1).cpu())
-                    keys.extend(e["key"] for e in examples)
-                    bar.update(n)
+                    n = batch["pair_keys"].shape[0]
+                    rows.append(torch.stack([total[:n], count[:n], total[n:], count[n:]], 1)
+                                .float().cpu())
+                    keys.append(batch["pair_keys"].cpu())
+                    bar.update(1)
         finally:
             model.train(was_training)
-        return torch.tensor(keys, dtype=torch.long), torch.cat(rows).float()
+        return torch.cat(keys), torch.cat(rows)
 
     # -- loss
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        policy, counts = self._logps(model, batch)
-        reference = self._reference_logps(model, batch)
+        policy, counts = self.sequence_scores(model, batch)
+        reference = self._reference_logps(batch)
         pairs = batch["pair_keys"].shape[0]
         if bool((counts == 0).any()):
             raise MoxinError("dpo: a reply without tokens reached the loss; this is a bug in the "

@@ -15,22 +15,15 @@ from typing import Any
 
 import torch
 
-from moxin_core.errors import MoxinError
-from moxin_core.tokenizer import reply_stop_ids
+from moxin_core.api import MoxinError, load_model, reply_stop_ids
 
 from moxin_plugin_instruct.chat import pad_token_id
 from moxin_plugin_instruct.data import EmbeddedPreferences, extract_answer, heldout_questions
 
 
 def _load(model_path: str) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM
-
-    from moxin_core.export_hf import resolve_model_folder
-    from moxin_core.tokenizer import load_tokenizer
-
-    folder = resolve_model_folder(model_path)
-    tokenizer = load_tokenizer(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    """The model (eval mode) and its tokenizer, through the model's family."""
+    model, tokenizer, _ = load_model(model_path)
     return model, tokenizer
 
 
@@ -98,7 +91,8 @@ class HeldoutPreferences:
         for start in range(0, len(examples), self.batch_size):
             batch = objective.collate(examples[start:start + self.batch_size])
             with torch.no_grad():
-                logps = objective._logps(policy, batch)[0] - objective._logps(ref, batch)[0]
+                logps = (objective.sequence_scores(policy, batch)[0]
+                         - objective.sequence_scores(ref, batch)[0])
             n = len(logps) // 2
             margins.append(logps[:n] - logps[n:])
         margin = torch.cat(margins)

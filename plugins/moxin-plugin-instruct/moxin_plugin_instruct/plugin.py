@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from moxin_core import hookimpl
+from moxin_core.api import hookimpl
 
 from moxin_plugin_instruct.data import EmbeddedInstructions, EmbeddedPreferences
 from moxin_plugin_instruct.dpo import DPO

@@ -16,7 +16,7 @@ preference data; held-out scores are printed after each stage.
 
 from __future__ import annotations
 
-from moxin_core.variants import PREVIOUS, DataSpec, HyperParameters, Stage, Variant
+from moxin_core.api import PREVIOUS, DataSpec, HyperParameters, Stage, Variant
 
 TULU3_SFT = DataSpec("hf_dataset", 1.0, {"path": "allenai/tulu-3-sft-mixture"})
 TULU3_PREFERENCES = DataSpec("hf_dataset", 1.0,

@@ -22,8 +22,9 @@ the first ``seq_len`` tokens, and drops the conversation if no assistant token s
   constant, so every token weighs the same whatever the batch composition (long and short replies,
   full or nearly empty micro-batches). The logged ``train/loss`` is that sum; ``train/token_loss``
   is the mean per token for reading.
-* ``"mean"``: the mean over the micro-batch's assistant tokens (transformers' default); a token in
-  a micro-batch with few assistant tokens weighs more than one in a full micro-batch.
+* ``"mean"``: the mean over the assistant tokens of the micro-batch on all ranks (one all-reduce
+  of the token count; on one rank transformers' default); a token in a micro-batch with few
+  assistant tokens weighs more than one in a full micro-batch.
 """
 
 from __future__ import annotations
@@ -32,10 +33,7 @@ from typing import Any
 
 import torch
 
-from moxin_core.data.packing import document_position_ids
-from moxin_core.errors import MoxinError
-from moxin_core.objectives.base import Objective
-from moxin_core.objectives.lm import IGNORE_INDEX
+from moxin_core.api import IGNORE_INDEX, MoxinError, Objective, document_position_ids
 
 from moxin_plugin_instruct.chat import check_conversation, origin_of, pad_token_id, render
 
@@ -143,6 +141,8 @@ class SFT(Objective):
         self.reduction, self.pack, self.overlong = reduction, pack, overlong
         self.messages_field = messages_field
         self.pad_id = self.bos_id = 0
+        # a summed loss grows with the batch's tokens: moxin train reports it per token too
+        self.token_loss_metric = "token_loss" if reduction == "sum" else None
 
     def example_builder(self, tokenizer: Any, seq_len: int) -> ConversationBuilder:
         self.bos_id = tokenizer.bos_token_id
@@ -163,8 +163,15 @@ class SFT(Objective):
         if count == 0:
             raise MoxinError("sft: a micro-batch without assistant tokens reached the loss; this "
                              "is a bug in the example builder (please report it).")
-        # transformers divides the summed cross-entropy by num_items_in_batch when it is given
-        divisor = torch.ones((), device=labels.device) if self.reduction == "sum" else count
+        # transformers divides the summed cross-entropy by num_items_in_batch when it is given;
+        # for "mean" across ranks: each rank divides by the global count over the world size
+        # (DDP/FSDP average the gradients), the gradient of the mean over every rank's tokens
+        if self.reduction == "sum":
+            divisor = torch.ones((), device=labels.device)
+        elif self.context is not None and self.context.world_size > 1:
+            divisor = self.context.all_reduce_sum(count) / self.context.world_size
+        else:
+            divisor = count
         out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                     labels=labels, num_items_in_batch=divisor, use_cache=False)
         token_loss = out.loss.detach() / (count if self.reduction == "sum" else 1)

@@ -11,7 +11,7 @@ from instruct_models import tiny_model
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    from moxin_core.train import ensure_embedded_tokenizer
+    from moxin_core.training.blocks import ensure_embedded_tokenizer
 
     return ensure_embedded_tokenizer(tmp_path_factory.mktemp("instruct-tok") / "tokenizer", 512)
 
@@ -26,7 +26,7 @@ def tokenizer(tokenizer_dir):
 @pytest.fixture(scope="session")
 def hf_folder(tmp_path_factory, tokenizer, tokenizer_dir) -> Path:
     """A random tiny model saved as an HF folder with the chat tokenizer."""
-    from moxin_core.export_hf import save_hf_folder
+    from moxin_core.export import save_model
 
-    return save_hf_folder(tiny_model(), tokenizer, tmp_path_factory.mktemp("instruct-hf") / "hf",
+    return save_model(tiny_model(), tokenizer, tmp_path_factory.mktemp("instruct-hf") / "hf",
                           tokenizer_dir)

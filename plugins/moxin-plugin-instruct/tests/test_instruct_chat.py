@@ -198,3 +198,19 @@ def test_embedded_sources_resume_and_answers_parse():
     assert extract_answer("no idea") is None
     with pytest.raises(MoxinError, match="split must be one of train, heldout"):
         EmbeddedInstructions("test")
+
+
+def test_generation_marks_and_prefix_rendering_label_the_same_tokens(tokenizer):
+    """The Moxin template's {% generation %} marks (transformers' assistant mask) and the
+    prefix-rendering fallback for templates without marks agree on every conversation."""
+    import copy
+
+    unmarked = copy.deepcopy(tokenizer)
+    unmarked.chat_template = (tokenizer.chat_template.replace("{%- generation -%}", "")
+                              .replace("{%- endgeneration -%}", ""))
+    assert "generation" not in unmarked.chat_template.replace("add_generation_prompt", "")
+    conversations = [CONVERSATION] + [example["messages"] for (_, example), _ in
+                                      zip(iter_instructions(0, "train"), range(60))]
+    for messages in conversations:
+        for train_on in ("all", "last"):
+            assert render(tokenizer, messages, train_on) == render(unmarked, messages, train_on)

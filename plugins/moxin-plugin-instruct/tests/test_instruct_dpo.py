@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -129,21 +131,74 @@ def test_identical_and_overlong_pairs_are_skipped_and_counted(tokenizer):
                              "skipped_identical": 1}
 
 
-def test_at_the_start_the_loss_is_log2_and_live_equals_precomputed(tokenizer, tmp_path):
-    """Policy == reference: every log-ratio is 0, the loss is log 2 and rewards are 0; the
-    precomputed path reads the same reference log-probs the live one computes."""
+def test_at_the_start_the_loss_is_log2(tokenizer):
+    """Policy == reference: every log-ratio is 0, the loss is log 2 and rewards are 0."""
     policy = tiny_model(3)
     live = DPO(loss_type="dpo_norm", reference="model")
     batch = _moxin_batch(live, tokenizer)
-
-    class Module:
-        model = policy
-    live.setup(Module())
+    live.reference_model = copy.deepcopy(policy)  # a bare loop sets the reference itself
     with torch.no_grad():
         loss, metrics = live.loss(policy, batch)
     assert abs(loss.item() - torch.log(torch.tensor(2.0)).item()) < 1e-6
     assert metrics["rewards/margin"].abs().item() < 1e-6
-    assert live.reference_model is not policy and not any(
-        p.requires_grad for p in live.reference_model.parameters())
     with pytest.raises(MoxinError, match="needs the training data up front"):
-        DPO(reference="precomputed", reference_cache=str(tmp_path / "x.pt")).loss(policy, batch)
+        DPO(reference="precomputed").loss(policy, batch)
+    with pytest.raises(MoxinError, match="needs the reference model"):
+        DPO(reference="model").loss(policy, batch)
+
+
+class _Losses(pl.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.losses.append(float(trainer.callback_metrics["train/loss"]))
+
+
+def _fit_dpo(hf_folder, tokenizer, reference, out):
+    from moxin_core.api import (DataSpec, HyperParameters, Registry, build_datamodule,
+                                build_module, build_objective)
+
+    registry = Registry()
+    hparams = HyperParameters(max_steps=4, seq_len=128, micro_batch_size=2, lr=5e-3,
+                              schedule="constant", weight_decay=0.0, precision="32-true")
+    objective = build_objective(registry, "dpo", {"loss_type": "dpo_norm", "reference": reference})
+    data = DataSpec("embedded_preferences", 1.0, {"split": "train", "num_examples": 50})
+    datamodule = build_datamodule(registry, [data], objective, tokenizer, 128, 2)
+    module = build_module(registry, str(hf_folder), objective, tokenizer, hparams)
+    losses = _Losses()
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", precision="32-true", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         callbacks=[losses], default_root_dir=out)
+    trainer.fit(module, datamodule=datamodule)
+    return module, losses.losses
+
+
+def test_live_and_precomputed_references_train_identically(hf_folder, tokenizer, tmp_path):
+    """The same pairs against the same starting model: the frozen reference run on every batch
+    and the log-probs precomputed once give the same losses and the same weights."""
+    live, live_losses = _fit_dpo(hf_folder, tokenizer, "model", tmp_path / "live")
+    stored, stored_losses = _fit_dpo(hf_folder, tokenizer, "precomputed", tmp_path / "stored")
+    assert len(live_losses) == 4
+    assert abs(live_losses[0] - 0.6931472) < 1e-5  # step 0: policy == reference
+    torch.testing.assert_close(torch.tensor(stored_losses), torch.tensor(live_losses),
+                               atol=1e-5, rtol=0)
+    for (name, a), (_, b) in zip(live.model.state_dict().items(),
+                                 stored.model.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
+    # the live reference is a frozen submodule: never trained, not in checkpoints
+    reference = live.frozen["reference"]
+    assert not any(p.requires_grad for p in reference.parameters())
+    start = tiny_model_state(hf_folder)
+    assert all(torch.equal(reference.state_dict()[k], v) for k, v in start.items())
+    checkpoint = {"state_dict": live.state_dict()}
+    live.on_save_checkpoint(checkpoint)
+    assert not any(k.startswith("frozen.") for k in checkpoint["state_dict"])
+    # the precomputed run stored its reference log-probs in the trainer's folder
+    assert (tmp_path / "stored" / "reference_logps.pt").exists()
+
+
+def tiny_model_state(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder).state_dict()

@@ -12,7 +12,7 @@ import torch
 from moxin_core import hookimpl
 from moxin_core.errors import MoxinError
 from moxin_core.plugins import Registry, get_plugin_manager
-from moxin_core.train import train_variant
+from moxin_core.training.stage import train_variant
 
 NANO = ["seq_len=128", "micro_batch_size=2", "checkpoint_every=2", "log_every=1",
         "sft.evaluators=[]", "dpo.evaluators=[]",
@@ -46,9 +46,26 @@ def test_sft_then_dpo_write_their_stage_folders(instruct_run):
                  "train/rewards/margin"):
         assert name in header
     assert "train/token_loss" in (out / "sft" / "metrics.csv").read_text().splitlines()[0]
-    # the reference log-probs are stored with the run: 4 steps x 2 pairs
+    # the reference log-probs are stored with the run: 4 steps x 2 pairs, and they are the
+    # starting model's (the SFT result's) log-probs of exactly the pairs DPO trained on
     stored = torch.load(out / "dpo" / "reference_logps.pt", weights_only=True)
     assert stored["logps"].shape == (8, 4)
+    from moxin_core.api import (DataSpec, Registry, build_datamodule, build_objective,
+                                load_model, sequence_logps)
+
+    start, tokenizer, _ = load_model(out / "sft" / "hf")
+    objective = build_objective(Registry(), "dpo", {"loss_type": "dpo_norm"})
+    data = DataSpec("embedded_preferences", 1.0, {"num_examples": 100})
+    batches = build_datamodule(Registry(), [data], objective, tokenizer, 128, 2).iter_batches()
+    cached = dict(zip(stored["keys"].tolist(), stored["logps"]))
+    for _ in range(4):
+        batch = next(batches)
+        with torch.no_grad():
+            total, count = sequence_logps(start, batch["input_ids"], batch["attention_mask"],
+                                          batch["completion_mask"])
+        for i, key in enumerate(batch["pair_keys"].tolist()):
+            expected = torch.stack([total[i], count[i], total[i + 2], count[i + 2]])
+            torch.testing.assert_close(cached[key], expected, atol=1e-4, rtol=1e-5)
 
 
 class _StopAt(pl.Callback):

@@ -1,0 +1,148 @@
+"""Micro-batches for one rank, sharded by rank and data-loader worker, resumable after any batch.
+
+**The example stream.** Records come from a ``Mixture`` of weighted sources; the objective's
+example builder turns them into examples (tokenise and pack, render a conversation, ...); every
+``micro_batch_size`` consecutive examples form a *chunk*, numbered 0, 1, 2, ...
+
+**Sharding** (``sharding``):
+
+* ``"examples"`` (default): every process builds the same example stream and keeps its own chunks:
+  chunk ``c`` goes to rank ``c % world_size``, and within a rank to logical stream
+  ``(c // world_size) % workers``. Step ``s`` of a run on ``W`` ranks trains on chunks
+  ``s*W .. s*W + W-1``: the global batch is the same whatever the world size (a run on 2 ranks
+  with micro-batch ``b`` sees exactly the examples of a run on 1 rank with micro-batch ``2b``).
+  The cost: every process tokenises every record.
+* ``"records"``: each data source is split (``DataSource.shard``) into ``world_size * workers``
+  disjoint parts (``datasets.distributed.split_dataset_by_node`` for ``hf_dataset``), and each
+  process reads, tokenises and packs only its part. Nothing is done twice, but which examples
+  share a global batch depends on the world size.
+
+Either way every example is trained on once per pass across all ranks and workers.
+
+**Resume.** Each yielded item carries the state of its logical stream right after that batch
+(mixture position and RNG, builder state, examples built but not yet batched, chunk counter).
+With ``workers`` data-loader processes the loader takes batches from workers in turn; the data
+module records the state of the logical stream of every batch *handed to a training step* and
+which logical stream comes next, and a resumed loader gives worker ``w`` logical stream
+``(next + w) % workers``, so batches continue in exactly the uninterrupted order.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from moxin_core.data.sources import Mixture
+from moxin_core.errors import MoxinError
+
+SHARDING = ("examples", "records")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this process's batches come from: rank, world size, workers and sharding mode."""
+
+    rank: int = 0
+    world_size: int = 1
+    workers: int = 1
+    sharding: str = "examples"
+
+    def __post_init__(self) -> None:
+        if self.sharding not in SHARDING:
+            raise MoxinError(f"data sharding must be one of {', '.join(SHARDING)}, "
+                             f"got {self.sharding!r}.")
+        if not 0 <= self.rank < self.world_size or self.workers < 1:
+            raise ValueError(f"bad layout {self}")
+
+    def owns(self, chunk: int, stream: int) -> bool:
+        """Whether logical stream ``stream`` of this rank trains on ``chunk``."""
+        if self.sharding == "records":
+            return True  # the sources are split instead
+        return (chunk % self.world_size == self.rank
+                and (chunk // self.world_size) % self.workers == stream)
+
+
+def _as_is(item: Any) -> Any:
+    """The DataLoader's collate function: items are whole batches already."""
+    return item
+
+
+class BatchStream(IterableDataset):
+    """This rank's micro-batches (see the module docstring).
+
+    Args:
+        mixture: the weighted sources (unsharded; ``records`` sharding splits them per stream).
+        make_builder: returns a fresh example builder (``objective.example_builder(...)``).
+        collate: examples -> a batch of tensors.
+        micro_batch_size: examples per batch.
+        layout: rank, world size, workers and sharding.
+        start: ``{logical stream: state}`` to resume from, and ``next``: the logical stream the
+            first loader worker serves.
+    """
+
+    def __init__(self, mixture: Mixture, make_builder: Callable[[], Any],
+                 collate: Callable[[list[dict]], dict], micro_batch_size: int,
+                 layout: Layout = Layout(), start: dict[int, dict] | None = None,
+                 first: int = 0) -> None:
+        super().__init__()
+        self.mixture, self.make_builder, self.collate = mixture, make_builder, collate
+        self.micro_batch_size, self.layout = micro_batch_size, layout
+        self.start, self.first = dict(start or {}), first
+
+    def logical_stream(self) -> int:
+        """The logical stream this process serves (worker ``w`` serves ``(first + w) % K``)."""
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        return (self.first + worker) % self.layout.workers
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if get_worker_info() is None and self.layout.workers > 1:
+            yield from self.in_loader_order()
+        else:
+            yield from self.iter_stream(self.logical_stream())
+
+    def in_loader_order(self) -> Iterator[dict[str, Any]]:
+        """All logical streams of this rank, in the order a data loader with ``workers``
+        processes delivers them (in this process: for a look-ahead such as DPO's precompute)."""
+        streams = [self.iter_stream((self.first + w) % self.layout.workers)
+                   for w in range(self.layout.workers)]
+        while True:
+            for stream in streams:
+                yield next(stream)
+
+    def _mixture_for(self, stream: int) -> Mixture:
+        layout = self.layout
+        if layout.sharding == "examples":
+            return Mixture(self.mixture.sources, seed=self.mixture.seed)
+        part, parts = layout.rank * layout.workers + stream, layout.world_size * layout.workers
+        return self.mixture.sharded(part, parts)
+
+    def iter_stream(self, stream: int) -> Iterator[dict[str, Any]]:
+        """Batches of one logical stream: ``{"batch", "stream", "state"}``."""
+        mixture, builder = self._mixture_for(stream), self.make_builder()
+        pending: list[dict] = []
+        chunk = 0
+        state = self.start.get(stream)
+        if state is not None:
+            mixture.load_state_dict(state["mixture"])
+            builder.load_state_dict(state["builder"])
+            pending, chunk = copy.deepcopy(state["pending"]), state["chunk"]
+        records = iter(mixture)  # endless: sources restart when they run out
+        while True:
+            examples = []
+            while len(examples) < self.micro_batch_size:
+                while not pending:
+                    pending.extend(builder.feed(next(records)))
+                examples.append(pending.pop(0))
+            current, chunk = chunk, chunk + 1
+            if not self.layout.owns(current, stream):
+                continue
+            # One record can complete several examples (a long document fills many blocks): the
+            # ones not yet batched are part of the position.
+            after = {"mixture": mixture.state_dict(), "builder": builder.state_dict(),
+                     "pending": copy.deepcopy(pending), "chunk": chunk}
+            yield {"batch": self.collate(examples), "stream": stream, "state": after}

@@ -1,0 +1,2 @@
+"""Training: building blocks (``blocks``), variant resolution (``resolve``), the stage runner
+(``stage``)."""

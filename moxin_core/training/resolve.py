@@ -1,0 +1,100 @@
+"""Variant resolution: overrides applied and validated, and where each stage starts from."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from moxin_core.errors import MoxinError
+from moxin_core.models.family import resolve_model
+from moxin_core.training.blocks import EMBEDDED_TOKENIZER, ensure_embedded_tokenizer
+from moxin_core.variants import (PREVIOUS, VARIANT_PREFIX, Stage, Variant, apply_overrides,
+                                 load_config_file)
+
+
+def resolve_variant(registry: Any, name: str, config: str | None = None,
+                    sets: Sequence[str] = (), max_steps: int | None = None) -> Variant:
+    """The variant with config-file and ``--set`` overrides applied and validated."""
+    variant = copy.deepcopy(registry.get("variants", name)())
+    if config:
+        apply_overrides(variant, load_config_file(config), f"config file {config!r}")
+    overrides = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MoxinError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=3e-4.")
+        overrides[key.strip()] = value
+    apply_overrides(variant, overrides, "--set")
+    if max_steps is not None:
+        apply_overrides(variant, {"max_steps": max_steps}, "--max-steps")
+    for stage in variant.stages:
+        stage.hparams.validate(f"stage {stage.name!r} of variant {variant.name!r}")
+        registry.get("objectives", stage.objective)
+        if stage.model.startswith(VARIANT_PREFIX):
+            registry.get("variants", stage.model[len(VARIANT_PREFIX):])
+        elif stage.model != PREVIOUS:
+            resolve_model(registry, stage.model).config()  # unknown preset/path: clear error now
+        for evaluator in stage.evaluators:
+            registry.get("evaluators", evaluator)
+        for spec in stage.data:
+            registry.get("data_sources", spec.source)
+    return variant
+
+
+def _variant_result(registry: Any, reference: str, out: Path, stage: Stage) -> Path:
+    """``variant:NAME`` -> the final stage's model folder of that variant under ``out``."""
+    name = reference[len(VARIANT_PREFIX):]
+    final = registry.get("variants", name)().stages[-1].name
+    folder = out / final / "hf"
+    if not folder.is_dir():
+        raise MoxinError(f"Stage {stage.name!r} starts from the final model of variant {name!r}, "
+                         f"expected at {folder}, which does not exist yet. Run `moxin train "
+                         f"{name} --out {out}` first, or set {stage.name}.model to a checkpoint "
+                         "folder or hub id.")
+    return folder
+
+
+def stage_start(registry: Any, variant: Variant, stage: Stage, out: Path) -> str:
+    """The model a stage starts from: a preset name, a folder or a hub id (``previous`` and
+    ``variant:NAME`` resolved to folders under ``out``)."""
+    names = [s.name for s in variant.stages]
+    index = names.index(stage.name)
+    if stage.model == PREVIOUS:
+        if index == 0:
+            raise MoxinError(f"Stage {stage.name!r} starts from 'previous' but is the first "
+                             f"stage of {variant.name!r}.")
+        previous = out / names[index - 1] / "hf"
+        if not previous.is_dir():
+            raise MoxinError(f"Stage {stage.name!r} starts from the result of stage "
+                             f"{names[index - 1]!r}, which is not in {out} yet; run that stage "
+                             "first (or the whole variant).")
+        return str(previous)
+    if stage.model.startswith(VARIANT_PREFIX):
+        return str(_variant_result(registry, stage.model, out, stage))
+    return stage.model
+
+
+def stage_processor(registry: Any, variant: Variant, stage: Stage, init: str,
+                    out: Path) -> Path | str:
+    """Where a stage's processor (tokenizer) comes from: the stage's or the variant's
+    ``tokenizer`` setting (``embedded`` = trained on the embedded corpus into ``out/tokenizer``),
+    else the model's own folder."""
+    if stage.model == PREVIOUS or stage.model.startswith(VARIANT_PREFIX):
+        return init  # a trained model's folder carries its processor
+    spec = stage.tokenizer or variant.tokenizer
+    ref = resolve_model(registry, stage.model)
+    if spec == EMBEDDED_TOKENIZER:
+        vocab = ref.family.vocab_size(ref.config())
+        if vocab is None:
+            raise MoxinError(f"Stage {stage.name!r}: `tokenizer: embedded` needs the vocabulary "
+                             f"size of {stage.model!r}, which its family "
+                             f"({ref.family.name}) does not give; name a tokenizer folder.")
+        return ensure_embedded_tokenizer(out / "tokenizer", vocab)
+    if spec:
+        return spec
+    if ref.is_preset:
+        raise MoxinError(f"Stage {stage.name!r} starts from preset {stage.model!r} but names no "
+                         "tokenizer; set `tokenizer` (a folder, a hub id or 'embedded').")
+    return stage.model

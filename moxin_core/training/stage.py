@@ -1,0 +1,344 @@
+"""``moxin train``: run a variant's stages through ``lightning.Trainer``.
+
+One stage: resolve where it starts (a preset, a folder, ``previous``, ``variant:NAME``) and its
+family, build the objective, data and module, write the stage folder, fit, then export the model
+through its family, run the evaluators and write the manifest.
+
+**Several processes.** With ``devices``/``num_nodes`` above one, Lightning's launcher re-runs the
+same command for the other ranks (or ``torchrun``/SLURM start them all). Every rank runs this
+code; only global rank 0 writes the stage folder before the fit (the others read it), the fit is
+collective, the export gathers a sharded model's weights and rank 0 writes them, evaluators run
+once on rank 0, and barriers keep the ranks together between stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import yaml
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from moxin_core import distributed
+from moxin_core.callbacks import CheckpointOnTerminate, MetricsHistory, RNGState, TokenThroughput
+from moxin_core.checkpointing import FolderCheckpointIO, latest_checkpoint
+from moxin_core.errors import MoxinError
+from moxin_core.export import model_from_state, save_atomically, write_stage_model
+from moxin_core.models.family import resolve_model
+from moxin_core.plugins import Registry
+from moxin_core.reporting import (command_line, package_versions, plot_loss, sha256_file,
+                                  write_json_atomic, write_metrics_csv)
+from moxin_core.strategies import SHARDED, build_strategy, is_sharded
+from moxin_core.training.blocks import build_datamodule, build_module, build_objective
+from moxin_core.training.resolve import resolve_variant, stage_processor, stage_start
+from moxin_core.variants import Stage, stage_to_dict
+
+log = logging.getLogger("moxin")
+
+
+@dataclass
+class StageResult:
+    name: str
+    out_dir: Path
+    steps: int
+    first_loss: float | None
+    last_loss: float | None
+    tokens_per_second: float
+    tokens: int
+    seconds: float
+    skipped: bool = False
+    evals: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    data_stats: dict[str, int] | None = None
+    #: (first, last) loss per token when the objective's loss is a sum
+    token_loss: tuple[float, float] | None = None
+    world_size: int = 1
+
+
+def run_evaluators(registry: Registry, names: Sequence[str], model_path: Path,
+                   reference: str | None = None) -> dict[str, dict[str, float]]:
+    """Run evaluators on ``model_path``; ``reference`` (the stage's starting model) is passed to
+    evaluators that take it (preference accuracy compares against it)."""
+    import inspect
+
+    results = {}
+    for name in names:
+        evaluate = registry.get("evaluators", name)()
+        kwargs = ({"reference": reference}
+                  if "reference" in inspect.signature(evaluate).parameters else {})
+        print(f"Evaluating {model_path} with {name} ...")
+        results[name] = {k: float(v) for k, v in evaluate(str(model_path), **kwargs).items()}
+    return results
+
+
+def train_variant(name: str, out: str | Path, stage: str | None = None,
+                  max_steps: int | None = None, config: str | None = None,
+                  sets: Sequence[str] = (), resume: bool = False,
+                  registry: Registry | None = None) -> list[StageResult]:
+    """Run the stages of variant ``name`` (or only ``stage``) with outputs under ``out``."""
+    registry = registry or Registry()
+    variant = resolve_variant(registry, name, config, sets, max_steps)
+    out = Path(out)
+    selected = [variant.stage(stage)] if stage else variant.stages
+    results = []
+    for current in selected:
+        init = stage_start(registry, variant, current, out)
+        processor_source = stage_processor(registry, variant, current, init, out)
+        results.append(run_stage(variant.name, current, out / current.name, init,
+                                 processor_source, registry, resume))
+    return results
+
+
+def _resolved_config(variant_name: str, stage: Stage, init: str,
+                     processor_source: Path | str) -> dict:
+    return {"variant": variant_name, "init": init, "tokenizer": str(processor_source),
+            "stage": stage_to_dict(stage)}
+
+
+def _check_resumable(stage_dir: Path, resolved: dict, resume: bool) -> dict | None:
+    """The previous manifest when resuming; errors when the folder would be overwritten."""
+    config_file = stage_dir / "config.yaml"
+    if not config_file.exists():
+        return None
+    if not resume:
+        raise MoxinError(f"{stage_dir} already holds a run. Pass --resume to continue it, or "
+                         "choose another --out; moxin never overwrites a run.")
+    saved = yaml.safe_load(config_file.read_text())
+    if saved != yaml.safe_load(yaml.safe_dump(resolved)):
+        diffs = _differences(saved, yaml.safe_load(yaml.safe_dump(resolved)))
+        raise MoxinError(f"Cannot resume {stage_dir}: the settings differ from the saved run "
+                         f"({'; '.join(diffs[:6])}). Resume with the original settings or start a "
+                         "new --out.")
+    manifest = stage_dir / "manifest.json"
+    return yaml.safe_load(manifest.read_text()) if manifest.exists() else None
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
+
+
+class _DropTips(logging.Filter):
+    """Lightning advertises a cloud logger at every fit; moxin's output is about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # per-file load/save bars
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropTips())
+
+
+def _skipped(stage: Stage, stage_dir: Path, previous: dict) -> StageResult:
+    log.info("stage %s already complete in %s; skipping", stage.name, stage_dir)
+    return StageResult(stage.name, stage_dir, previous["steps"], previous["first_loss"],
+                       previous["last_loss"], previous["tokens_per_second"], previous["tokens"],
+                       previous["train_seconds"], skipped=True, evals=previous.get("eval", {}),
+                       data_stats=previous.get("data", {}).get("stats"),
+                       token_loss=tuple(previous["token_loss"]) if previous.get("token_loss")
+                       else None, world_size=previous.get("world_size", 1))
+
+
+def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
+              processor_source: Path | str, registry: Registry,
+              resume: bool = False) -> StageResult:
+    """Train one stage; write config, checkpoints, metrics, plot, model export and manifest."""
+    hp = stage.hparams
+    resolved = _resolved_config(variant_name, stage, init, processor_source)
+    writer = distributed.is_rank_zero()
+    # ranks other than 0 start after rank 0 wrote the folder (or beside it): only rank 0 checks
+    previous = _check_resumable(stage_dir, resolved, resume) if writer else None
+    if not writer and (stage_dir / "manifest.json").exists():
+        previous = yaml.safe_load((stage_dir / "manifest.json").read_text())
+    if previous and previous.get("status") == "complete":
+        return _skipped(stage, stage_dir, previous)
+
+    _quiet_libraries()
+    objective = build_objective(registry, stage.objective, stage.objective_options)
+    family = resolve_model(registry, init).family
+    processor = family.load_processor(processor_source)
+    datamodule = build_datamodule(registry, stage.data, objective, processor, hp.seq_len,
+                                  hp.micro_batch_size, hp.seed, hp.data_sharding, hp.data_workers)
+    datamodule.check_data()  # bad data fails here, before a model is built
+
+    pl.seed_everything(hp.seed, verbose=False)
+    strategy = build_strategy(hp.strategy)
+    module = build_module(registry, init, objective, processor, hp,
+                          lazy=hp.strategy in SHARDED, stage_dir=stage_dir)
+    config = module.recipe.config
+
+    if writer:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        (stage_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_stage_model(stage_dir, family, config)
+        family.save_processor(processor, stage_dir / "tokenizer", processor_source)
+
+    checkpoint_dir = stage_dir / "checkpoints"
+    throughput, history = TokenThroughput(), MetricsHistory()
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=checkpoint_dir, filename="step={step:06d}",
+                        auto_insert_metric_name=False, every_n_train_steps=hp.checkpoint_every,
+                        save_top_k=hp.keep_checkpoints, monitor="step", mode="max",
+                        enable_version_counter=False),
+        TQDMProgressBar(refresh_rate=1),
+        LearningRateMonitor(logging_interval="step"),
+        throughput,
+        history,  # after throughput: it records the tok/s just logged
+        RNGState(),
+        CheckpointOnTerminate(checkpoint_dir),  # after history: the saved state has this step's row
+    ]
+    for extra in registry.pm.hook.moxin_callbacks(stage=stage, out_dir=stage_dir):
+        callbacks.extend(extra or [])
+    trainer = pl.Trainer(
+        max_steps=hp.max_steps, accumulate_grad_batches=hp.grad_accum,
+        gradient_clip_val=hp.grad_clip or None, precision=hp.precision,
+        accelerator=hp.accelerator, devices=hp.devices, num_nodes=hp.num_nodes,
+        strategy=strategy, plugins=[FolderCheckpointIO()], callbacks=callbacks,
+        logger=[CSVLogger(stage_dir, name="logs", version=""),
+                TensorBoardLogger(stage_dir, name="tensorboard", version="")],
+        log_every_n_steps=hp.log_every, default_root_dir=stage_dir, limit_val_batches=0,
+        num_sanity_val_steps=0, enable_model_summary=False, use_distributed_sampler=False,
+    )
+    ckpt_path = latest_checkpoint(checkpoint_dir) if resume else None
+    if ckpt_path is not None and writer:
+        print(f"Resuming stage {stage.name!r} from {ckpt_path}")
+    started = time.perf_counter()
+    _fit(trainer, module, datamodule, ckpt_path, stage, checkpoint_dir, hp.max_steps)
+    wall = time.perf_counter() - started
+
+    # collective from here on: every rank takes part, rank 0 writes
+    world = trainer.world_size
+    tokens = int(distributed.all_reduce_sum(torch.tensor(module.tokens_seen)).item())
+    # tokens/s of all ranks: each rank's tokens over its own time, summed
+    rates = distributed.all_reduce_sum(torch.tensor(throughput.mean_tokens_per_second))
+    stats = datamodule.stats()
+    trained = _trained_model(trainer, module, config)
+    if writer:
+        save_atomically(family, trained, processor, stage_dir / "hf", processor_source)
+    distributed.barrier()
+    evals: dict[str, dict[str, float]] = {}
+    if writer:
+        evals = run_evaluators(registry, stage.evaluators, stage_dir / "hf", init)
+    distributed.barrier()
+
+    rows = history.rows
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    token_key = f"train/{objective.token_loss_metric}" if objective.token_loss_metric else None
+    token_losses = [r[token_key] for r in rows if token_key in r] if token_key else []
+    result = StageResult(stage.name, stage_dir, trainer.global_step,
+                         losses[0] if losses else None, losses[-1] if losses else None,
+                         float(rates.item()), tokens, wall, evals=evals, data_stats=stats,
+                         token_loss=(token_losses[0], token_losses[-1]) if token_losses else None,
+                         world_size=world)
+    if writer:
+        write_metrics_csv(rows, stage_dir / "metrics.csv")
+        plot_loss(rows, stage_dir / "loss.png", f"{variant_name} / {stage.name}")
+        if evals:
+            write_json_atomic(stage_dir / "eval.json", evals)
+        write_json_atomic(stage_dir / "manifest.json", _manifest(
+            result, variant_name, stage, init, registry, datamodule, stats, wall))
+    distributed.barrier()
+    return result
+
+
+def _fit(trainer: pl.Trainer, module: Any, datamodule: Any, ckpt_path: Path | None,
+         stage: Stage, checkpoint_dir: Path, max_steps: int) -> None:
+    """``trainer.fit`` with clear messages for interruptions, and the final checkpoint."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+        # frozen helper models (a DPO reference) are in eval mode on purpose
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            last = latest_checkpoint(checkpoint_dir)
+            raise MoxinError(f"Stage {stage.name!r} was terminated (SIGTERM) at step "
+                             f"{trainer.global_step}. Last checkpoint: {last or 'none yet'}. "
+                             "Continue with the same command and --resume.") from None
+        except SystemExit:
+            # Lightning >= 2.6 ends a fit stopped by Ctrl-C with sys.exit(1) after its shutdown;
+            # say where the run stands instead of exiting silently
+            if not trainer.interrupted:
+                raise
+    if trainer.interrupted:
+        last = latest_checkpoint(checkpoint_dir)
+        raise MoxinError(f"Stage {stage.name!r} was interrupted at step {trainer.global_step}. "
+                         f"Last checkpoint: {last or 'none yet'}. Continue with the same command "
+                         "and --resume.")
+    final = checkpoint_dir / f"step={trainer.global_step:06d}.ckpt"
+    if not final.exists():
+        # a graceful stop (SIGTERM from a scheduler, a callback) ends between steps: safe to save
+        trainer.save_checkpoint(final, weights_only=False)
+    if trainer.global_step < max_steps:
+        raise MoxinError(f"Stage {stage.name!r} stopped at step {trainer.global_step} of "
+                         f"{max_steps} (a termination signal or a callback asked it to stop). "
+                         f"Checkpoint saved to {final}; continue with the same command and --resume.")
+
+
+def _trained_model(trainer: pl.Trainer, module: Any, config: Any) -> torch.nn.Module | None:
+    """The trained model as an ordinary module on rank 0 (None elsewhere): a sharded model's
+    full weights are gathered first (collective)."""
+    if not is_sharded(trainer.strategy):
+        return module.model
+    state = trainer.strategy.lightning_module_state_dict()  # full on rank 0, empty elsewhere
+    if not trainer.is_global_zero:
+        return None
+    return model_from_state(module.family, config, state)
+
+
+def _manifest(result: StageResult, variant_name: str, stage: Stage, init: str,
+              registry: Registry, datamodule: Any, stats: dict | None,
+              wall: float) -> dict[str, Any]:
+    stage_dir = result.out_dir
+    processor_file = stage_dir / "tokenizer" / "tokenizer.model"
+    packed = stats and {"tokens_in", "tokens_out"} <= set(stats) and stats["tokens_in"]
+    return {
+        "status": "complete",
+        "variant": variant_name,
+        "stage": stage.name,
+        "command": command_line(),
+        "seed": stage.hparams.seed,
+        "init": init,
+        "steps": result.steps,
+        "world_size": result.world_size,
+        "tokens": result.tokens,
+        "train_seconds": round(wall, 3),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "tokens_per_second_note": f"all {result.world_size} rank(s), after 2 warm-up batches",
+        "first_loss": result.first_loss,
+        "last_loss": result.last_loss,
+        "token_loss": list(result.token_loss) if result.token_loss else None,
+        "versions": package_versions(),
+        "plugins": [{"name": i.name, "distribution": i.distribution, "version": i.version,
+                     "error": i.error} for i in registry.pm.infos.values()],
+        "data": {"fingerprint": datamodule.mixture.fingerprint(),
+                 "sources": [s.source.describe() for s in datamodule.mixture.sources],
+                 "sharding": datamodule.sharding,
+                 "packing_efficiency": (stats["tokens_out"] / stats["tokens_in"]) if packed
+                 else None,
+                 "stats": stats},
+        "eval": result.evals,
+        "tokenizer_sha256": sha256_file(processor_file) if processor_file.exists() else None,
+        "checkpoint_sha256": sha256_file(stage_dir / "hf" / "model.safetensors")
+        if (stage_dir / "hf" / "model.safetensors").exists() else None,
+        "hparams": dataclasses.asdict(stage.hparams),
+    }
