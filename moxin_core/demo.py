@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moxin_core.commands.generate import generate
 from moxin_core.export import export_hf
 from moxin_core.models.family import resolve_model
 from moxin_core.plugins import Registry
 from moxin_core.reporting import write_json_atomic
-from moxin_core.runtime import load_runtime
+from moxin_core.runtime import generate, load_runtime
 from moxin_core.training.blocks import ensure_embedded_tokenizer
 from moxin_core.training.stage import run_evaluators, train_variant
 

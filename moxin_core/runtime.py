@@ -5,12 +5,13 @@ or answering a conversation rendered with the model's chat template (``chat``). 
 ``transformers`` runtime for HF folders, stage folders and hub ids; plugins register more through
 the ``moxin_runtimes`` hook (``moxin-plugin-gguf`` adds ``llama.cpp`` for ``.gguf`` files).
 ``load_runtime`` picks the runtime for a path: the first plugin runtime that accepts it, else
-``transformers``.
+``transformers``; ``generate`` and ``chat`` are what ``moxin generate`` and ``moxin chat`` run.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,65 @@ def load_runtime(model: str, registry: Any = None, runtime: str | None = None) -
     raise MoxinError(f"No runtime can load {model!r} (installed runtimes: "
                      f"{', '.join(runtimes)}). For .gguf files install moxin-plugin-gguf; a "
                      "model of another family needs the runtime of the plugin that defines it.")
+
+
+def _check_generation(max_new_tokens: int, temperature: float) -> None:
+    if max_new_tokens <= 0:
+        raise MoxinError(f"--max-new-tokens must be positive, got {max_new_tokens}.")
+    if temperature < 0:
+        raise MoxinError(f"--temperature must be >= 0 (0 = greedy), got {temperature}.")
+
+
+def generate(model: str, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
+             chat: bool = False, runtime: str | None = None, registry: Any = None) -> str:
+    """Complete ``prompt`` (or answer it as a chat turn) with any model a runtime can load."""
+    _check_generation(max_new_tokens, temperature)
+    engine = load_runtime(model, registry, runtime)
+    if chat:
+        return engine.chat([{"role": "user", "content": prompt}], max_new_tokens, temperature)
+    return engine.complete(prompt, max_new_tokens, temperature)
+
+
+def chat(model: str, messages: Sequence[str] = (), system: str | None = None,
+         max_new_tokens: int = 256, temperature: float = 0.0, runtime: str | None = None,
+         stdin: Any = None, stdout: Any = None, registry: Any = None) -> list[dict[str, str]]:
+    """Talk to ``model`` under its chat template; returns the conversation.
+
+    With ``messages`` each one is sent as a user turn in order and the replies are printed;
+    without, turns are read from ``stdin`` (``/reset`` starts over, ``/exit`` or end of input
+    stops).
+    """
+    _check_generation(max_new_tokens, temperature)
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    engine = load_runtime(model, registry, runtime)
+    start = [{"role": "system", "content": system}] if system else []
+    conversation = list(start)
+    interactive = not messages
+    if interactive and stdin.isatty():
+        print(f"Chatting with {model} ({engine.name}); /reset clears the history, /exit quits.",
+              file=stdout)
+
+    def turns():
+        yield from messages
+        while interactive:
+            if stdin.isatty():
+                print("you> ", end="", file=stdout, flush=True)
+            line = stdin.readline()
+            if not line:
+                return
+            yield line.rstrip("\n")
+
+    for text in turns():
+        if text.strip() in ("/exit", "/quit"):
+            break
+        if text.strip() == "/reset":
+            conversation = list(start)
+            continue
+        if not text.strip():
+            continue
+        conversation.append({"role": "user", "content": text})
+        reply = engine.chat(conversation, max_new_tokens, temperature)
+        conversation.append({"role": "assistant", "content": reply})
+        print(f"assistant> {reply}" if interactive or len(messages) > 1 else reply, file=stdout,
+              flush=True)
+    return conversation

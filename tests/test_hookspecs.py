@@ -210,7 +210,7 @@ def _consume_reward_functions(registry, tmp_path):
 
 
 def _consume_runtimes(registry, tmp_path):
-    from moxin_core.commands.generate import generate
+    from moxin_core.runtime import generate
 
     assert generate("m.probe", "hi", registry=registry) == "probe completes hi"
 

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from moxin_core import hookimpl
-from moxin_core.commands.generate import chat
+from moxin_core.runtime import chat
 from moxin_core.errors import MoxinError
 from moxin_core.plugins import Registry, get_plugin_manager
 from moxin_core.runtime import Runtime, TransformersRuntime, check_messages, load_runtime

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -12,8 +12,10 @@ from moxin_core import distributed
 from moxin_core.data.sources import DataSource, Mixture, WeightedSource
 from moxin_core.data.stream import BatchStream, Layout, _as_is
 from moxin_core.errors import MoxinError
-from moxin_core.objectives.base import Objective
 from moxin_core.variants import DataSpec
+
+if TYPE_CHECKING:  # objectives build on the data layer, not the other way round
+    from moxin_core.objectives.base import Objective
 
 
 def build_source(registry: Any, spec: DataSpec) -> DataSource:

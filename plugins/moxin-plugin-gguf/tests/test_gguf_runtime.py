@@ -143,7 +143,7 @@ def test_cli_generate_gives_the_transformers_completion(moxin_cli, exports, hf_f
 
 
 def test_cli_chat_gives_the_transformers_replies(moxin_cli, exports, hf_folder):
-    from moxin_core.commands.generate import chat
+    from moxin_core.runtime import chat
 
     turns = ["What is 12 + 30?", "And 4 + 4?"]
     expected = io.StringIO()
