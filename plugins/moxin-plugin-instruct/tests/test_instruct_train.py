@@ -142,3 +142,42 @@ def test_moxin_instruct_carries_the_tulu3_hyperparameters():
     tiny = Registry().get("variants", "moxin-tiny-instruct")()
     assert tiny.stages[0].model == "variant:moxin-tiny-base"
     assert tiny.stages[1].evaluators == ["heldout-arithmetic", "heldout-preferences"]
+
+
+def test_variants_show_each_stages_objective_options(capsys):
+    from moxin_core.cli import main
+
+    assert main(["variants"]) == 0
+    text = capsys.readouterr().out
+    assert "dpo: dpo(loss_type=dpo_norm, beta=5.0, reference=precomputed) from previous" in text
+    assert "sft: sft(reduction=sum) from variant:moxin-tiny-base" in text
+    assert main(["variants", "--json"]) == 0
+    entries = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
+    stages = {s["name"]: s for s in entries["moxin-instruct"]["stages"]}
+    assert stages["dpo"]["objective_options"]["beta"] == 5.0
+
+
+@pytest.mark.slow
+def test_two_ranks_run_sft_then_dpo_with_one_reference_file(tmp_path, hf_folder):
+    """2 processes (DDP on CPU): the stage folders are written once, each rank precomputes the
+    reference log-probs of its own pairs and all of them land in one file, the evaluator runs
+    once, and the summary is printed once."""
+    import subprocess
+    import sys
+
+    settings = [*NANO, f"sft.model={hf_folder}", "max_steps=4", "devices=2", "strategy=ddp",
+                "accelerator=cpu", "dpo.evaluators=[heldout-preferences]"]
+    result = subprocess.run(
+        [sys.executable, "-m", "moxin_core.cli", "train", "moxin-tiny-instruct", "--out",
+         str(tmp_path), *sum((["--set", s] for s in settings), [])],
+        capture_output=True, text=True, timeout=900,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("stage dpo:") == 1 and "on 2 ranks" in result.stdout
+    assert result.stdout.count("Evaluating") == 1
+    stored = torch.load(tmp_path / "dpo" / "reference_logps.pt", weights_only=True)
+    # 4 steps x 2 pairs x 2 ranks, every pair once
+    assert stored["logps"].shape == (16, 4) and len(set(stored["keys"].tolist())) == 16
+    assert stored["fingerprint"]["world_size"] == 2
+    manifest = json.loads((tmp_path / "dpo" / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and "heldout-preferences" in manifest["eval"]
