@@ -197,8 +197,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, help="interleaved rounds per precision (default 3; quick 2)")
     ap.add_argument("--steps", type=int, help="fp32 steps per run (default 50; quick 20)")
     ap.add_argument("--batch", type=int, default=8, help="fp32 micro-batch size (default 8)")
-    ap.add_argument("--bf16-steps", type=int, help="bf16 steps per run (default 8; quick 5)")
-    ap.add_argument("--bf16-batch", type=int, help="bf16 micro-batch size (default 2; quick 1)")
+    ap.add_argument("--bf16-steps", type=int, help="bf16 steps per run (default: as fp32 on a "
+                    "CPU with AVX512-BF16/AMX, else 8; quick 5)")
+    ap.add_argument("--bf16-batch", type=int, help="bf16 micro-batch size (default: as fp32 on a "
+                    "CPU with AVX512-BF16/AMX, else 2; quick 1)")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--precision", nargs="+", default=list(PRECISION_DTYPE), choices=PRECISION_DTYPE)
     ap.add_argument("--pack-seq-lens", type=int, nargs="*", default=[128, 256])
@@ -208,16 +210,22 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true", help="show Lightning's output on screen")
     args = ap.parse_args()
     repeats = args.repeats or (2 if args.quick else 3)
-    workload = {"32-true": (args.steps or (20 if args.quick else 50), args.batch),
-                "bf16-mixed": (args.bf16_steps or (5 if args.quick else 8),
-                               args.bf16_batch or (1 if args.quick else 2))}
+    info = machine()
+    fp32_steps = args.steps or (20 if args.quick else 50)
+    # without native bf16 a bf16 step is ~20x slower: a smaller workload keeps the run short
+    native_bf16 = info["avx512_bf16"] or info["amx_bf16"]
+    workload = {"32-true": (fp32_steps, args.batch),
+                "bf16-mixed": (args.bf16_steps or (fp32_steps if native_bf16 else
+                                                   5 if args.quick else 8),
+                               args.bf16_batch or (args.batch if native_bf16 else
+                                                   1 if args.quick else 2))}
     for steps, _ in workload.values():
         if steps <= SKIP:
             ap.error(f"steps must exceed the {SKIP} warm-up steps")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)  # Lightning keeps it for a single-device CPU run
-    info = machine()
+        info = machine()
     print(f"Machine: {info['cpu']}, {info['logical_cpus']} CPUs, torch {info['torch']} "
           f"({info['torch_threads']} threads); AVX2={info['avx2']}, "
           f"AVX512-BF16={info['avx512_bf16']}, AMX-BF16={info['amx_bf16']}")
@@ -239,7 +247,7 @@ def main() -> None:
             sets = stage_settings(precision, batch, args.seq_len, tok_dir)
             print(f"\n{precision}: {steps} steps x batch {batch} x seq {args.seq_len} per run, "
                   f"{repeats} interleaved rounds (bare, moxin)")
-            if precision == "bf16-mixed":
+            if precision == "bf16-mixed" and not native_bf16:
                 print("  (a much smaller workload than fp32 by default: without AVX512-BF16/AMX "
                       "this CPU has no native bf16 matmul, so bf16 steps are ~20x slower)")
             bare, moxin = [], []

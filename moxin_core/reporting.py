@@ -55,19 +55,21 @@ def _ema(values: list[float], alpha: float = 0.1) -> list[float]:
     return out
 
 
-def plot_loss(rows: list[dict[str, float]], path: Path, title: str) -> None:
-    """Loss (raw and smoothed) with learning rate and tokens/s panels."""
+def plot_loss(rows: list[dict[str, float]], path: Path, title: str,
+              loss_key: str = "train/loss") -> None:
+    """Loss (raw and smoothed) with learning rate and tokens/s panels. ``loss_key``: the logged
+    metric plotted as the loss (the per-token loss when the objective's loss is a sum)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    loss_rows = [r for r in rows if "train/loss" in r]
+    loss_rows = [r for r in rows if loss_key in r]
     fig, (ax_loss, ax_lr, ax_tps) = plt.subplots(
         3, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1, 1]})
     if loss_rows:
         steps = [r["step"] + 1 for r in loss_rows]  # logged after the optimizer step
-        losses = [r["train/loss"] for r in loss_rows]
+        losses = [r[loss_key] for r in loss_rows]
         ax_loss.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=1, label="loss")
         ax_loss.plot(steps, _ema(losses), color="tab:blue", linewidth=2, label="loss (EMA 0.1)")
         ax_loss.annotate(f"{losses[0]:.2f}", (steps[0], losses[0]), textcoords="offset points",
@@ -75,7 +77,9 @@ def plot_loss(rows: list[dict[str, float]], path: Path, title: str) -> None:
         ax_loss.annotate(f"{losses[-1]:.2f}", (steps[-1], losses[-1]), textcoords="offset points",
                          xytext=(-30, 8))
         ax_loss.legend(loc="upper right")
-    ax_loss.set_ylabel("train loss")  # nats/token for lm; a sum (sft) or a DPO loss otherwise
+    # nats/token for lm and for a summed loss's per-token metric; the DPO loss otherwise
+    ax_loss.set_ylabel("train loss" if loss_key == "train/loss" else
+                       f"train loss per token ({loss_key.removeprefix('train/')})")
     ax_loss.set_title(title)
     ax_loss.grid(alpha=0.3)
     lr_key = "lr" if any("lr" in r for r in rows) else None

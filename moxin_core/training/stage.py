@@ -250,7 +250,8 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
                          world_size=world)
     if writer:
         write_metrics_csv(rows, stage_dir / "metrics.csv")
-        plot_loss(rows, stage_dir / "loss.png", f"{variant_name} / {stage.name}")
+        plot_loss(rows, stage_dir / "loss.png", f"{variant_name} / {stage.name}",
+                  token_key if token_losses else "train/loss")
         if evals:
             write_json_atomic(stage_dir / "eval.json", evals)
         write_json_atomic(stage_dir / "manifest.json", _manifest(
