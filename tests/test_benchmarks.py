@@ -35,3 +35,20 @@ def test_train_throughput_benchmark_smoke(tmp_path):
     assert pack["seq_len"] == 128 and 0.99 <= pack["efficiency"] <= 1.0
     assert pack["tokens_per_second"] > 0 and pack["documents"] == 20000
     assert "moxin/bare" in result.stdout
+
+
+@pytest.mark.slow
+def test_ddp_throughput_benchmark_smoke(tmp_path):
+    report = tmp_path / "ddp.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/ddp_throughput.py", "--rounds", "1", "--steps", "5",
+         "--batch", "4", "--json", str(report)],
+        capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(report.read_text())
+    (one,), (two,) = data["runs"]["1"], data["runs"]["2"]
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert two["tokens"] == 2 * one["tokens"] == 2 * 5 * 4 * 128  # all ranks counted
+    assert one["tokens_per_second"] > 0 and two["tokens_per_second"] > 0
+    assert data["ratio"] == pytest.approx(two["tokens_per_second"] / one["tokens_per_second"])
+    assert "2 DDP processes / 1 process" in result.stdout
