@@ -36,7 +36,9 @@ def run(out: Path, tokenizer: Path, steps: int, batch: int, ranks: int) -> dict:
     command = [sys.executable, "-m", "moxin_core.cli", "train", "moxin-tiny-base", "--out",
                str(out), "--stage", "pretrain-128", "--max-steps", str(steps),
                *sum((["--set", s] for s in settings), [])]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # each run's ranks pick a free port (a MASTER_PORT left in this environment may be taken)
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     if result.returncode != 0:
         raise RuntimeError(f"moxin train failed:\n{result.stderr[-3000:]}")

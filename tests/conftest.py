@@ -19,11 +19,22 @@ NANO_SETS = ["pretrain-128.model=moxin-nano", "seq_len=64", "micro_batch_size=4"
              "checkpoint_every=2", "log_every=1"]
 
 
+#: set in this process by libraries the tests use in-process (accelerate, behind TRL's trainers,
+#: sets MASTER_PORT=29500 and listens there): a child process must pick its own
+DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+                   "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK")
+
+
+def subprocess_env(extra: dict | None = None) -> dict:
+    """This process's environment for a child: offline, and without distributed settings."""
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    return {**env, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(extra or {})}
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 900,
             cwd: Path | None = None, input_text: str | None = None) -> subprocess.CompletedProcess:
     """Run ``moxin ARGS`` in a subprocess (the console script's code path)."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                **(env or {})}
+    full_env = subprocess_env(env)
     return subprocess.run([sys.executable, "-m", "moxin_core.cli", *args], capture_output=True,
                           text=True, input=input_text, env=full_env, timeout=timeout, cwd=cwd or REPO)
 

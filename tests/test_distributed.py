@@ -26,7 +26,8 @@ import torch
 from safetensors.torch import load_file
 
 from moxin_core.reporting import sha256_file
-from tests.conftest import (REPO, install_distributions, plugin_distribution, plugin_path_env)
+from tests.conftest import (REPO, install_distributions, plugin_distribution, plugin_path_env,
+                            subprocess_env)
 
 pytestmark = pytest.mark.slow
 
@@ -89,8 +90,7 @@ def _command(out, tokenizer, steps=6, torchrun=False, resume=False, **settings) 
 
 
 def _env(extra: dict | None = None) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            **(extra or {})}
+    return subprocess_env(extra)
 
 
 def _run(command, extra_env=None) -> subprocess.CompletedProcess:

@@ -94,25 +94,6 @@ def test_existing_run_is_never_overwritten_and_resume_skips_done_stage(finished,
         nano_run(out, nano_tokenizer, Registry(), "lr=0.5", resume=True)
 
 
-def test_plugin_callbacks_join_the_run(tmp_path, nano_tokenizer):
-    seen = {}
-
-    class Counter(pl.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            seen["batches"] = seen.get("batches", 0) + 1
-
-    class CallbackPlugin:
-        @hookimpl
-        def moxin_callbacks(self, stage, out_dir):
-            seen["stage"], seen["out_dir"] = stage.name, out_dir
-            return [Counter()]
-
-    pm = get_plugin_manager()
-    pm.register_plugin(CallbackPlugin(), name="counter", distribution="test-counter")
-    nano_run(tmp_path, nano_tokenizer, Registry(pm), steps=3)
-    assert seen == {"stage": STAGE, "out_dir": tmp_path / STAGE, "batches": 3}
-
-
 def test_stages_chain_and_change_context_length(tmp_path, nano_tokenizer):
     results = train_variant(
         "moxin-tiny-base", tmp_path, max_steps=8, registry=Registry(),

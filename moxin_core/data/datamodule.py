@@ -65,11 +65,6 @@ class MoxinDataModule(pl.LightningDataModule):
         self._next = 0  # the logical stream of the next batch
         self._resume: dict | None = None
 
-    @property
-    def tokenizer(self) -> Any:
-        """The processor (for causal LMs, the tokenizer)."""
-        return self.processor
-
     # -- layout
     def layout(self) -> Layout:
         """This process's rank and world size (from the trainer it is attached to, if any)."""

@@ -93,6 +93,9 @@ def test_context_is_capped_and_overflow_is_a_clear_error(exports, monkeypatch):
 
 @pytest.mark.parametrize("messages", CONVERSATIONS, ids=["user", "system", "multi-turn"])
 def test_chat_prompt_is_what_apply_chat_template_gives(runtime, hf_tokenizer, messages):
+    # the stored template keeps the {% generation %} marks SFT/DPO label replies with, and
+    # llama.cpp renders it exactly as transformers does
+    assert "{%- generation -%}" in runtime.header.chat_template
     expected_text = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                      tokenize=False)
     expected_ids = list(hf_tokenizer.apply_chat_template(
