@@ -21,6 +21,7 @@ from moxin_core.errors import MoxinError
 from moxin_core.models.family import ModelFamily
 from moxin_core.objectives.base import Objective
 from moxin_core.objectives.context import ObjectiveContext
+from moxin_core.strategies import is_sharded, shard
 from moxin_core.variants import HyperParameters
 
 FROZEN = "frozen"  # the ModuleDict of frozen helper models; excluded from checkpoints
@@ -129,6 +130,7 @@ class MoxinModule(pl.LightningModule):
         self.frozen = torch.nn.ModuleDict()
         self._frozen_recipes: dict[str, ModelRecipe] = {}
         self._context: ObjectiveContext | None = None
+        self._sharded = False  # configure_model sharded the models
 
     # -- frozen helper models (registered through ObjectiveContext.add_frozen_model)
     def add_frozen_model(self, name: str, model: torch.nn.Module | None = None) -> None:
@@ -160,29 +162,30 @@ class MoxinModule(pl.LightningModule):
             self.objective.setup(self._context)
 
     def configure_model(self) -> None:
-        from moxin_core.strategies import is_sharded, shard
-
-        sharded = is_sharded(self.trainer.strategy)
-        if self.model is None and not sharded:
-            self.model = self.recipe.build()
-        for name, recipe in list(self._frozen_recipes.items()):
-            if not sharded:
+        """Build what was given as a recipe (the model, frozen copies of it): eagerly, or under
+        a sharding strategy on the meta device, sharded block by block, then materialised shard
+        by shard (a built model is sharded as it is)."""
+        if self._sharded:
+            return
+        if not is_sharded(self.trainer.strategy):
+            if self.model is None:
+                self.model = self.recipe.build()
+            for name, recipe in self._frozen_recipes.items():
                 self.frozen[name] = recipe.build().eval().requires_grad_(False)
-                del self._frozen_recipes[name]
-        if not sharded or getattr(self, "_sharded", False):
+            self._frozen_recipes.clear()
             return
         if self.family is None:
             raise MoxinError("Sharding the model needs its family: build the module with "
                              "moxin_core.api.build_module, or pass family=.")
-        device = self.trainer.strategy.root_device
-        mesh = self.device_mesh["data_parallel"]
         empty = self.model is None
         if empty:
             self.model = self.recipe.build_empty()
-        for name in self._frozen_recipes:
-            self.frozen[name] = self._frozen_recipes[name].build_empty().eval()
+        for name, recipe in self._frozen_recipes.items():
+            self.frozen[name] = recipe.build_empty().eval()
+        mesh = self.device_mesh["data_parallel"]
         for module in [self.model, *self.frozen.values()]:
             shard(module, self.family.block_types(module), mesh)
+        device = self.trainer.strategy.root_device
         if empty:
             self.model.to_empty(device=device)
             self.recipe.fill(self.model)
@@ -247,7 +250,7 @@ class MoxinModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")
-        if state is not None and not getattr(self, "_sharded", False):
+        if state is not None and not self._sharded:
             # strict loading expects every key; the frozen models keep their current weights
             prefix = FROZEN + "."
             state.update({prefix + k: v for k, v in self.frozen.state_dict().items()})
