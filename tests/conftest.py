@@ -19,8 +19,9 @@ NANO_SETS = ["pretrain-128.model=moxin-nano", "seq_len=64", "micro_batch_size=4"
              "checkpoint_every=2", "log_every=1"]
 
 
-#: set in this process by libraries the tests use in-process (accelerate, behind TRL's trainers,
-#: sets MASTER_PORT=29500 and listens there): a child process must pick its own
+#: left in this process's environment by what tests run in-process (accelerate, behind TRL's
+#: trainers, sets MASTER_PORT=29500 and listens there; a Lightning fit sets RANK, WORLD_SIZE,
+#: ...): a child process would take them for a launcher's settings
 DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
                    "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK")
 

@@ -3,6 +3,8 @@ in checkpoints, meta-device construction under FSDP, and the shared log-prob uti
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -99,13 +101,16 @@ def test_a_sharded_model_is_built_on_the_meta_device(tmp_path, nano_tokenizer, m
         return build(self, config)
 
     monkeypatch.setattr(CausalLMFamily, "build", recording_build)
-    monkeypatch.setenv("MASTER_PORT", "29583")
+    saved = dict(os.environ)  # Lightning sets MASTER_*, RANK, WORLD_SIZE, ... in this process
+    os.environ["MASTER_PORT"] = "29583"
     try:
         module, *_ = _fit(tmp_path, nano_tokenizer, CausalLM(), lazy=True,
                           strategy=FSDP2Strategy(), devices=1, enable_checkpointing=False)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)
     assert devices and set(devices) == {"meta"}
     parameters = list(module.model.parameters())
     assert {type(p).__name__ for p in parameters} == {"DTensor"}

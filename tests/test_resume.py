@@ -11,7 +11,7 @@ import time
 import pytest
 
 from moxin_core.reporting import sha256_file
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_env
 
 STAGE = "pretrain-128"
 STEPS = 40
@@ -27,7 +27,7 @@ def _command(out, tokenizer, *extra):
 
 
 def _env():
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess_env()
 
 
 @pytest.fixture(scope="module")

@@ -157,12 +157,25 @@ def test_variants_show_each_stages_objective_options(capsys):
     assert stages["dpo"]["objective_options"]["beta"] == 5.0
 
 
+#: left in this process's environment by libraries other tests run in-process (accelerate,
+#: behind TRL's trainers, sets MASTER_PORT=29500 and listens there; a single-device Lightning
+#: fit sets RANK, WORLD_SIZE, ...): a child would take them for a launcher's settings
+DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+                   "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK")
+
+
+def _fresh_env() -> dict:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    return {**env, "HF_HUB_OFFLINE": "1"}
+
+
 @pytest.mark.slow
 def test_two_ranks_run_sft_then_dpo_with_one_reference_file(tmp_path, hf_folder):
     """2 processes (DDP on CPU): the stage folders are written once, each rank precomputes the
     reference log-probs of its own pairs and all of them land in one file, the evaluator runs
     once, and the summary is printed once."""
-    import os
     import subprocess
     import sys
 
@@ -171,10 +184,7 @@ def test_two_ranks_run_sft_then_dpo_with_one_reference_file(tmp_path, hf_folder)
     result = subprocess.run(
         [sys.executable, "-m", "moxin_core.cli", "train", "moxin-tiny-instruct", "--out",
          str(tmp_path), *sum((["--set", s] for s in settings), [])],
-        capture_output=True, text=True, timeout=900,
-        # accelerate (behind TRL's trainers in other tests) leaves MASTER_PORT=29500, which it
-        # listens on, in this process's environment: the ranks must choose their own port
-        env={k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")})
+        capture_output=True, text=True, timeout=900, env=_fresh_env())
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count("stage dpo:") == 1 and "on 2 ranks" in result.stdout
     assert result.stdout.count("Evaluating") == 1
