@@ -70,6 +70,8 @@ class PluginInfo:
     plugin: Any = field(default=None, repr=False)
     #: category -> the dict its registry hook returned (filled when the plugin loads)
     provides: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    #: its hook names and registry hooks were validated (provides is final)
+    checked: bool = False
     traceback: str | None = field(default=None, repr=False)
 
 
@@ -111,7 +113,7 @@ class MoxinPluginManager(pluggy.PluginManager):
     def check_plugins(self) -> None:
         """Validate every loaded plugin not yet validated (unknown hooks, registry hooks)."""
         for info in list(self.infos.values()):
-            if info.error is None and not info.provides and info.plugin is not None:
+            if info.error is None and not info.checked and info.plugin is not None:
                 try:
                     self._check_hooks_known(info)
                     self._collect(info)
@@ -160,7 +162,7 @@ class MoxinPluginManager(pluggy.PluginManager):
                    for impl in getattr(self.hook, hook_name).get_hookimpls()):
                 provides[category] = _checked(self._call_one(info.plugin, hook_name), hook_name,
                                               info.distribution)
-        info.provides = provides
+        info.provides, info.checked = provides, True
 
     def _call_one(self, plugin: Any, hook_name: str) -> Any:
         """``plugin``'s implementation of ``hook_name`` called through the plugin manager."""
@@ -202,7 +204,7 @@ class MoxinPluginManager(pluggy.PluginManager):
         """What ``plugin``'s registry hook for ``category`` returned (called now for plugins
         registered without :meth:`register_plugin`)."""
         for info in self.infos.values():
-            if info.plugin is plugin and info.error is None and info.provides:
+            if info.plugin is plugin and info.checked:
                 return info.provides.get(category, {})
         hook_name = CATEGORIES[category]
         if any(impl.plugin is plugin for impl in getattr(self.hook, hook_name).get_hookimpls()):
@@ -215,11 +217,11 @@ class MoxinPluginManager(pluggy.PluginManager):
         return [info for info in self.infos.values() if info.error is not None]
 
 
-def _checked(provided: Any, hook_name: str, distribution: str | None = None) -> dict[str, Any]:
+def _checked(provided: Any, hook_name: str, distribution: str) -> dict[str, Any]:
     if not isinstance(provided, dict) or not all(isinstance(k, str) for k in provided):
-        who = f"Plugin {distribution!r} returned" if distribution else "Returned"
-        raise MoxinError(f"{who} {type(provided).__name__} from {hook_name}(); a registry hook "
-                         "must return a dict {name: factory} with string names.")
+        raise MoxinError(f"Plugin {distribution!r} returned {type(provided).__name__} from "
+                         f"{hook_name}(); a registry hook must return a dict {{name: factory}} "
+                         "with string names.")
     return provided
 
 

@@ -61,9 +61,9 @@ class MoxinDataModule(pl.LightningDataModule):
         self.sharding, self.workers = sharding, workers
         self.validate_records = validate_records
         Layout(sharding=sharding)  # a bad mode fails here
-        self._states: dict[int, dict] = {}  # logical stream -> state after its last trained batch
+        # logical stream -> its state after its last trained batch (restored on resume)
+        self._states: dict[int, dict] = {}
         self._next = 0  # the logical stream of the next batch
-        self._resume: dict | None = None
 
     # -- layout
     def layout(self) -> Layout:
@@ -93,11 +93,9 @@ class MoxinDataModule(pl.LightningDataModule):
                            start, first)
 
     def train_dataloader(self) -> DataLoader:
-        start, first = ({}, 0) if self._resume is None else (self._resume["streams"],
-                                                              self._resume["next"])
-        self._states, self._next = dict(start), first
-        return DataLoader(self._stream(start, first), batch_size=None, collate_fn=_as_is,
-                          num_workers=self.workers, persistent_workers=False)
+        # continues after the last trained batch: the start, or the checkpoint's position
+        return DataLoader(self._stream(dict(self._states), self._next), batch_size=None,
+                          collate_fn=_as_is, num_workers=self.workers, persistent_workers=False)
 
     def iter_batches(self) -> Iterator[dict]:
         """This rank's batches from the start of the stage, in training order, built in this
@@ -115,8 +113,6 @@ class MoxinDataModule(pl.LightningDataModule):
 
     # -- checkpoints
     def _local_state(self) -> dict[str, Any]:
-        if self._resume is not None and not self._states:
-            return self._resume  # saved before any batch of this run was trained
         layout = self.layout()
         return {"streams": dict(self._states), "next": self._next,
                 "world_size": layout.world_size, "workers": layout.workers,
@@ -137,7 +133,7 @@ class MoxinDataModule(pl.LightningDataModule):
                 f"micro-batch size {saved[3]}; this run has {layout.world_size}, "
                 f"{layout.workers}, {self.sharding!r} and {self.micro_batch_size}. Resume with "
                 "the original settings.")
-        self._resume = state
+        self._states, self._next = dict(state["streams"]), state["next"]
 
     # -- statistics
     def stats(self) -> dict[str, int] | None:

@@ -199,8 +199,7 @@ def family_name_in(folder: Path) -> str | None:
 
 def get_family(registry: Any, name: str) -> ModelFamily:
     """The family registered as ``name`` (an instance; factories are called once per lookup)."""
-    factory = registry.get("model_families", name)
-    family = factory() if isinstance(factory, type) or callable(factory) else factory
+    family = registry.get("model_families", name)()
     if not isinstance(family, ModelFamily):
         raise MoxinError(f"The model family factory {name!r} returned {type(family).__name__}, "
                          "not a moxin_core.api.ModelFamily.")
