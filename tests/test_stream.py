@@ -77,6 +77,26 @@ def test_stream_resumes_right_after_any_batch(tokenizer, cut):
         assert torch.equal(expected["batch"]["input_ids"], again["batch"]["input_ids"])
 
 
+@pytest.mark.parametrize("cut", [0, 1, 2, 7])
+def test_repeated_batches_resume_between_repeats(tokenizer, cut):
+    # an objective's batch_repeats (GRPO's mu updates per rollout): each batch k times in a row,
+    # and a stream resumed after any repeat continues with the remaining ones
+    once = [b["batch"]["input_ids"] for b in islice(_lm_stream(tokenizer).iter_stream(0), 6)]
+    objective = CausalLM()
+
+    def stream(start=None):
+        return BatchStream(_mixture(), lambda: objective.example_builder(tokenizer, 16),
+                           objective.collate, 4, Layout(), start, repeats=3)
+
+    items = list(islice(stream().iter_stream(0), 18))
+    assert all(torch.equal(items[i]["batch"]["input_ids"], once[i // 3]) for i in range(18))
+    resumed = stream({0: items[cut]["state"]})
+    for expected, again in zip(items[cut + 1:], resumed.iter_stream(0)):
+        assert torch.equal(expected["batch"]["input_ids"], again["batch"]["input_ids"])
+    with pytest.raises(MoxinError, match="repeats"):
+        BatchStream(_mixture(), lambda: None, objective.collate, 4, repeats=0)
+
+
 def test_two_ranks_with_batch_b_see_the_batches_of_one_rank_with_2b(tokenizer):
     """``examples`` sharding: step s of 2 ranks x b = step s of 1 rank x 2b, rank 0 first."""
     single = islice(_lm_stream(tokenizer, 8).iter_stream(0), 20)

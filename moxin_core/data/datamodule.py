@@ -90,7 +90,7 @@ class MoxinDataModule(pl.LightningDataModule):
         return BatchStream(self.mixture,
                            lambda: self.objective.example_builder(self.processor, self.seq_len),
                            self.objective.collate, self.micro_batch_size, self.layout(),
-                           start, first)
+                           start, first, repeats=int(getattr(self.objective, "batch_repeats", 1)))
 
     def train_dataloader(self) -> DataLoader:
         # continues after the last trained batch: the start, or the checkpoint's position

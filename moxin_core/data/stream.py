@@ -25,6 +25,11 @@ With ``workers`` data-loader processes the loader takes batches from workers in 
 module records the state of the logical stream of every batch *handed to a training step* and
 which logical stream comes next, and a resumed loader gives worker ``w`` logical stream
 ``(next + w) % workers``, so batches continue in exactly the uninterrupted order.
+
+**Repeats.** With ``repeats = k > 1`` (an objective's ``batch_repeats``) each batch is yielded
+``k`` times in a row; the state of every repeat but the last is the position *before* the batch
+plus the number of repeats done, so a resumed stream rebuilds the batch and yields its remaining
+repeats.
 """
 
 from __future__ import annotations
@@ -82,13 +87,17 @@ class BatchStream(IterableDataset):
         layout: rank, world size, workers and sharding.
         start: ``{logical stream: state}`` to resume from, and ``next``: the logical stream the
             first loader worker serves.
+        repeats: times each batch is yielded in a row.
     """
 
     def __init__(self, mixture: Mixture, make_builder: Callable[[], Any],
                  collate: Callable[[list[dict]], dict], micro_batch_size: int,
                  layout: Layout = Layout(), start: dict[int, dict] | None = None,
-                 first: int = 0) -> None:
+                 first: int = 0, repeats: int = 1) -> None:
         super().__init__()
+        if repeats < 1:
+            raise MoxinError(f"batch repeats must be at least 1, got {repeats}.")
+        self.repeats = repeats
         self.mixture, self.make_builder, self.collate = mixture, make_builder, collate
         self.micro_batch_size, self.layout = micro_batch_size, layout
         self.start, self.first = dict(start or {}), first
@@ -127,10 +136,21 @@ class BatchStream(IterableDataset):
         pending: list[dict] = []
         chunk = 0
         state = self.start.get(stream)
+        done = 0  # repeats of the first batch already trained on
+        if state is not None and "repeat" in state:
+            done, state = state["repeat"], state["before"]
         if state is not None:
             mixture.load_state_dict(state["mixture"])
             builder.load_state_dict(state["builder"])
             pending, chunk = copy.deepcopy(state["pending"]), state["chunk"]
+
+        def position() -> dict:
+            # One record can complete several examples (a long document fills many blocks): the
+            # ones not yet batched are part of the position.
+            return {"mixture": mixture.state_dict(), "builder": builder.state_dict(),
+                    "pending": copy.deepcopy(pending), "chunk": chunk}
+
+        before = position() if self.repeats > 1 else None
         records = iter(mixture)  # endless: sources restart when they run out
         while True:
             examples = []
@@ -141,8 +161,10 @@ class BatchStream(IterableDataset):
             current, chunk = chunk, chunk + 1
             if not self.layout.owns(current, stream):
                 continue
-            # One record can complete several examples (a long document fills many blocks): the
-            # ones not yet batched are part of the position.
-            after = {"mixture": mixture.state_dict(), "builder": builder.state_dict(),
-                     "pending": copy.deepcopy(pending), "chunk": chunk}
-            yield {"batch": self.collate(examples), "stream": stream, "state": after}
+            after = position()
+            batch = self.collate(examples)
+            for repeat in range(done, self.repeats):
+                last = repeat == self.repeats - 1
+                yield {"batch": batch, "stream": stream,
+                       "state": after if last else {"before": before, "repeat": repeat + 1}}
+            done, before = 0, after

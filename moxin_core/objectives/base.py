@@ -34,6 +34,11 @@ class Objective(ABC):
     #: or tokens are not its unit.
     token_loss_metric: str | None = None
 
+    #: consecutive training steps that receive each batch (GRPO's mu policy updates per rollout:
+    #: the objective keeps what it computed from the batch the first time). Exact resume holds
+    #: between repeats too: the data position records which repeat comes next.
+    batch_repeats: int = 1
+
     @abstractmethod
     def example_builder(self, processor: Any, seq_len: int) -> ExampleBuilder:
         """A stateful builder turning records into examples of at most ``seq_len`` tokens
