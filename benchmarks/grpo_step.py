@@ -76,7 +76,7 @@ def moxin_grpo(tokenizer_dir: Path, steps: int, root: Path) -> dict:
         "beta": BETA, "rewards": {"math": 1.0}})
     data = DataSpec("embedded_problems", 1.0, {"num_examples": 20000})
     datamodule = build_datamodule(registry, [data], objective, tokenizer, SEQ_LEN, PROMPTS)
-    module = build_module(registry, _model(tokenizer), objective, tokenizer, hp)
+    module = build_module(registry, MODEL, objective, tokenizer, hp)  # seed 0, as _model
     clock = StepClock()
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", precision="32-true", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
@@ -120,7 +120,11 @@ def trl_grpo(tokenizer_dir: Path, steps: int, root: Path) -> dict:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return reward([], texts, answer=answer)
 
-    trainer = GRPOTrainer(model=_model(tokenizer), reward_funcs=math_reward, args=args,
+    # TRL loads its reference model from the policy's folder
+    folder = root / "init"
+    _model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    trainer = GRPOTrainer(model=str(folder), reward_funcs=math_reward, args=args,
                           train_dataset=dataset, processing_class=tokenizer)
     times: list[float] = []
 

@@ -3,9 +3,10 @@
 The ``grpo`` objective, the ``math`` reward, the ``embedded_problems`` prompts and the
 ``heldout-math`` evaluator come from moxin-plugin-reasoning. Each step samples ``--generations``
 completions for each of ``--batch-size`` prompts, scores them with the math reward and updates the
-policy with the clipped surrogate plus the k3 KL to a frozen copy of the starting model. Run after
-``make demo`` (or on any chat model folder):
+policy with the clipped surrogate plus the k3 KL to a frozen copy of the starting model. Run on a
+model that answers with ``\boxed{}`` (any chat model folder works), e.g. after ``make demo``:
 
+    .venv/bin/moxin train moxin-tiny-reasoning --out runs/demo --stage reasoning-sft
     .venv/bin/python examples/grpo_trainer_fit.py --model runs/demo/reasoning-sft/hf --max-steps 20
 """
 
