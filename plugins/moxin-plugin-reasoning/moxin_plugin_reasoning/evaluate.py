@@ -20,11 +20,9 @@ from __future__ import annotations
 
 from math import comb
 
-import torch
-
 from moxin_core.api import MoxinError, load_model, reply_stop_ids
 
-from moxin_plugin_reasoning.generation import SamplingParams, TransformersGenerator, cut_at_stop
+from moxin_plugin_reasoning.generation import SamplingParams, TransformersGenerator, pad_id
 from moxin_plugin_reasoning.grpo import PromptBuilder
 from moxin_plugin_reasoning.problems import LEVELS, check_levels, heldout_problems
 from moxin_plugin_reasoning.rewards import REWARDS, FormatReward, MathReward
@@ -37,21 +35,17 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def greedy_replies(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-                   batch_size: int) -> list[list[int]]:
-    stop = tuple(reply_stop_ids(tokenizer))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
-        part = prompts[start:start + batch_size]
-        width = max(map(len, part))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in part])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part])
-        with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
-                                 max_new_tokens=max_new_tokens, eos_token_id=list(stop),
-                                 pad_token_id=pad, temperature=None, top_p=None, top_k=None)
-        out += cut_at_stop(gen[:, width:], stop)[0]
+def replies(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+            samples: int = 1, temperature: float = 0.0, seed: int = 0) -> list[list[int]]:
+    """``samples`` completions per prompt (greedy at temperature 0), ``batch_size`` sequences
+    at a time, cut after the reply's stop token."""
+    params = dict(stop_ids=tuple(reply_stop_ids(tokenizer)), pad_id=pad_id(tokenizer))
+    generator, out = TransformersGenerator(), []
+    per_batch = max(1, batch_size // samples)
+    for start in range(0, len(prompts), per_batch):
+        sampling = SamplingParams(samples, max_new_tokens, temperature, seed=seed + start,
+                                  **params)
+        out += generator.generate(model, prompts[start:start + per_batch], sampling).ids
     return out
 
 
@@ -84,15 +78,15 @@ class HeldoutMath:
         builder = PromptBuilder(tokenizer, budget=10**9)
         prompts = [builder.prompt_ids(p["problem"]) for p in problems]
         answers = [p["answer"] for p in problems]
-        replies = greedy_replies(model, tokenizer, prompts, self.max_new_tokens, self.batch_size)
-        texts = tokenizer.batch_decode(replies, skip_special_tokens=True)
+        greedy = replies(model, tokenizer, prompts, self.max_new_tokens, self.batch_size)
+        texts = tokenizer.batch_decode(greedy, skip_special_tokens=True)
         right = MathReward()(prompts, texts, answer=answers)
         functions = {"math": MathReward(), "format": FormatReward(),
                      "length": REWARDS["length"](max_length=self.max_new_tokens,
                                                  cache=max(1, self.max_new_tokens // 4))}
         total = [0.0] * len(texts)
         for name in self.rewards:
-            values = functions[name](prompts, texts, answer=answers, completion_ids=replies)
+            values = functions[name](prompts, texts, answer=answers, completion_ids=greedy)
             total = [t + v for t, v in zip(total, values)]
         scores = {"pass@1": sum(right) / len(right), "mean_reward": sum(total) / len(total),
                   "boxed": sum(FormatReward()(prompts, texts)) / len(texts),
@@ -102,20 +96,11 @@ class HeldoutMath:
         return scores
 
     def _pass_at_k(self, model, tokenizer, prompts, answers) -> dict[str, float]:
-        stop = tuple(reply_stop_ids(tokenizer))
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-            else tokenizer.eos_token_id
-        generator, correct = TransformersGenerator(), []
-        per_batch = max(1, self.batch_size // self.samples)
-        for start in range(0, len(prompts), per_batch):
-            part = prompts[start:start + per_batch]
-            params = SamplingParams(self.samples, self.max_new_tokens, self.temperature,
-                                    stop_ids=stop, pad_id=pad, seed=self.seed + start)
-            out = generator.generate(model, part, params)
-            texts = tokenizer.batch_decode(out.ids, skip_special_tokens=True)
-            refs = [a for a in answers[start:start + per_batch] for _ in range(self.samples)]
-            hits = MathReward()(part, texts, answer=refs)
-            correct += [int(sum(hits[i:i + self.samples]))
-                        for i in range(0, len(hits), self.samples)]
-        return {f"pass@{k}_sampled": sum(pass_at_k(self.samples, c, k) for c in correct)
-                / len(correct) for k in self.ks}
+        n = self.samples
+        sampled = replies(model, tokenizer, prompts, self.max_new_tokens, self.batch_size,
+                          samples=n, temperature=self.temperature, seed=self.seed)
+        texts = tokenizer.batch_decode(sampled, skip_special_tokens=True)
+        hits = MathReward()(prompts, texts, answer=[a for a in answers for _ in range(n)])
+        correct = [int(sum(hits[i:i + n])) for i in range(0, len(hits), n)]
+        return {f"pass@{k}_sampled": sum(pass_at_k(n, c, k) for c in correct) / len(correct)
+                for k in self.ks}

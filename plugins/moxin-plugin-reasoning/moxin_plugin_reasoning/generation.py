@@ -27,10 +27,16 @@ import torch
 from moxin_core.api import MoxinError
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The id prompts are padded with: the tokenizer's pad token, else EOS (never scored)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample: ``num_generations`` completions per prompt, at most ``max_new_tokens``
-    tokens each, ending at a ``stop_ids`` token (kept as the completion's last token)."""
+    tokens each, ending at a ``stop_ids`` token (kept as the completion's last token).
+    ``temperature`` 0: greedy."""
 
     num_generations: int
     max_new_tokens: int
@@ -70,7 +76,7 @@ def cut_at_stop(rows: torch.Tensor, stop_ids: tuple[int, ...]) -> tuple[list[lis
 
 
 class TransformersGenerator:
-    """Sampling through ``model.generate`` (see the module docstring)."""
+    """Sampling (or greedy decoding) through ``model.generate`` (see the module docstring)."""
 
     def generate(self, model: torch.nn.Module, prompts: list[list[int]],
                  params: SamplingParams) -> Completions:
@@ -87,9 +93,12 @@ class TransformersGenerator:
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 torch.manual_seed(params.seed)
+                sampling = ({"do_sample": True, "temperature": params.temperature,
+                             "top_p": params.top_p, "top_k": params.top_k}
+                            if params.temperature > 0 else
+                            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
                 out = model.generate(
-                    input_ids=input_ids, attention_mask=attention, do_sample=True,
-                    temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+                    input_ids=input_ids, attention_mask=attention, **sampling,
                     max_new_tokens=params.max_new_tokens,
                     num_return_sequences=params.num_generations,
                     eos_token_id=list(params.stop_ids) or None, pad_token_id=params.pad_id,

@@ -47,7 +47,7 @@ import torch
 
 from moxin_core.api import ORIGIN, MoxinError, Objective, reply_stop_ids, selective_log_softmax
 
-from moxin_plugin_reasoning.generation import Completions, SamplingParams, build_generator
+from moxin_plugin_reasoning.generation import Completions, SamplingParams, build_generator, pad_id
 from moxin_plugin_reasoning.problems import INSTRUCTION
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
@@ -347,7 +347,7 @@ class GRPO(Objective):
                              self.instruction, self.system)
 
     def collate(self, examples: list[dict]) -> dict[str, Any]:
-        pad = self._pad_id(self.tokenizer)
+        pad = pad_id(self.tokenizer) if self.tokenizer is not None else 0
         width = max(len(e["prompt_ids"]) for e in examples)
         ids = [[pad] * (width - len(e["prompt_ids"])) + e["prompt_ids"] for e in examples]
         mask = [[0] * (width - len(e["prompt_ids"])) + [1] * len(e["prompt_ids"])
@@ -379,13 +379,6 @@ class GRPO(Objective):
         self._cache = {k: Rollout(**v) for k, v in state.get("cache", {}).items()}
 
     # -- helpers
-    @staticmethod
-    def _pad_id(tokenizer: Any) -> int:
-        if tokenizer is None:
-            return 0
-        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
-            tokenizer.eos_token_id
-
     def _reference(self) -> torch.nn.Module | None:
         if self.beta == 0.0:
             return None
@@ -470,7 +463,7 @@ class GRPO(Objective):
         if self.generator is None:
             self.generator = build_generator(self.generator_spec, self.generator_options)
         tokenizer, g = self.tokenizer, self.num_generations
-        pad = self._pad_id(tokenizer)
+        pad = pad_id(tokenizer)
         prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
         prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]
         params = SamplingParams(g, self.max_new_tokens, self.temperature, self.top_p, self.top_k,
