@@ -80,17 +80,16 @@ class HeldoutMath:
         answers = [p["answer"] for p in problems]
         greedy = replies(model, tokenizer, prompts, self.max_new_tokens, self.batch_size)
         texts = tokenizer.batch_decode(greedy, skip_special_tokens=True)
-        right = MathReward()(prompts, texts, answer=answers)
         functions = {"math": MathReward(), "format": FormatReward(),
                      "length": REWARDS["length"](max_length=self.max_new_tokens,
                                                  cache=max(1, self.max_new_tokens // 4))}
-        total = [0.0] * len(texts)
-        for name in self.rewards:
-            values = functions[name](prompts, texts, answer=answers, completion_ids=greedy)
-            total = [t + v for t, v in zip(total, values)]
-        scores = {"pass@1": sum(right) / len(right), "mean_reward": sum(total) / len(total),
-                  "boxed": sum(FormatReward()(prompts, texts)) / len(texts),
-                  "n": float(len(problems))}
+        # every reward once: pass@1 is the math reward, boxed the format reward
+        values = {name: functions[name](prompts, texts, answer=answers, completion_ids=greedy)
+                  for name in {*self.rewards, "math", "format"}}
+        total = [sum(v) for v in zip(*(values[name] for name in self.rewards))]
+        scores = {"pass@1": sum(values["math"]) / len(texts),
+                  "mean_reward": sum(total) / len(total),
+                  "boxed": sum(values["format"]) / len(texts), "n": float(len(problems))}
         if self.samples > 1:
             scores.update(self._pass_at_k(model, tokenizer, prompts, answers))
         return scores

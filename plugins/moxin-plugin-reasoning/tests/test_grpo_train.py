@@ -120,8 +120,8 @@ def _command(out, hf_folder, *extra):
 
 
 def _env():
-    from moxin_core.api import MoxinError  # noqa: F401 - the package is importable
-
+    # the child starts without distributed settings in-process fits left here (as the core
+    # tests' subprocess_env; plugin tests cannot import the core's conftest)
     drop = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
             "GROUP_RANK", "NODE_RANK")
     return {**{k: v for k, v in os.environ.items() if k not in drop}, "HF_HUB_OFFLINE": "1"}
