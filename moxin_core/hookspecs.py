@@ -125,7 +125,9 @@ def moxin_evaluators() -> dict[str, Factory]:
         ``{name: factory}``. ``factory(**options)`` returns a callable
         ``evaluate(model_path) -> dict[str, float]`` returning named scores (load the model with
         :func:`moxin_core.api.load_model`, which goes through its family). A stage lists
-        evaluators by name (``Stage.evaluators``); ``moxin train`` runs them once (on rank 0,
+        evaluators by name (``Stage.evaluators``), or as ``{"name": NAME, OPTION: VALUE}`` whose
+        options go to the factory (an option it does not take is an error listing those it
+        does); ``moxin train`` runs them once (on rank 0,
         the other ranks waiting) on the stage's exported model folder, prints the scores and
         stores them in ``eval.json`` and the manifest. If ``evaluate`` has a ``reference``
         parameter it also receives the model the stage started from (for scores relative to it,

@@ -117,8 +117,9 @@ class Stage:
     objective_options: dict[str, Any] = field(default_factory=dict)
     hparams: HyperParameters = field(default_factory=HyperParameters)
     description: str = ""
-    #: evaluators (registry names) run on the stage's exported model when it finishes
-    evaluators: list[str] = field(default_factory=list)
+    #: evaluators run on the stage's exported model when it finishes: registry names, or
+    #: ``{"name": NAME, OPTION: VALUE, ...}`` to pass options to the evaluator's factory
+    evaluators: list[str | dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """The key facts ``moxin variants`` shows."""
@@ -137,7 +138,7 @@ class Stage:
                 "lr": hp.lr, "schedule": hp.schedule, "precision": hp.precision,
             },
             "description": self.description,
-            "evaluators": list(self.evaluators),
+            "evaluators": [e if isinstance(e, str) else dict(e) for e in self.evaluators],
         }
 
 
@@ -209,9 +210,10 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
                 setattr(stage, name, raw)
             elif name == "evaluators":
                 value = yaml.safe_load(raw) if isinstance(raw, str) else raw
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise MoxinError(f"{where}: {key} must be a list of evaluator names, "
-                                     f"got {raw!r}.")
+                if not isinstance(value, list):
+                    raise MoxinError(f"{where}: {key} must be a list of evaluator names or "
+                                     f"{{name: NAME, OPTION: VALUE}} entries, got {raw!r}.")
+                evaluator_specs(value, f"{where}: {key}")
                 stage.evaluators = value
             elif name == "data":
                 stage.data = _data_specs(raw, f"{where}: {key}")
@@ -222,6 +224,26 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
                     f"Unknown setting {key!r} in {where}. Settable: {', '.join(_HPARAM_FIELDS)}, "
                     "model, tokenizer, data, evaluators, objective_options.NAME; prefix with a stage name "
                     f"({', '.join(stage_names)}) to change one stage only.")
+
+
+def evaluator_specs(entries: list, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, options)`` of each evaluator entry: a registry name, or ``{name: NAME, OPTION:
+    VALUE, ...}``. An evaluator listed twice would overwrite its own scores: an error."""
+    specs = []
+    for entry in entries:
+        if isinstance(entry, str):
+            specs.append((entry, {}))
+        elif isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            specs.append((entry["name"], {k: v for k, v in entry.items() if k != "name"}))
+        else:
+            raise MoxinError(f"{where}: each evaluator is a name or {{name: NAME, OPTION: VALUE}}, "
+                             f"got {entry!r}.")
+    names = [name for name, _ in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise MoxinError(f"{where}: evaluator {', '.join(twice)} is listed twice; its scores are "
+                         "stored under its name, so list it once.")
+    return specs
 
 
 def _data_specs(raw: Any, where: str) -> list[DataSpec]:

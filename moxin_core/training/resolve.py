@@ -11,6 +11,7 @@ from moxin_core.errors import MoxinError
 from moxin_core.models.family import resolve_model
 from moxin_core.training.blocks import EMBEDDED_TOKENIZER, ensure_embedded_tokenizer
 from moxin_core.variants import (PREVIOUS, VARIANT_PREFIX, Stage, Variant, apply_overrides,
+                              evaluator_specs,
                                  load_config_file)
 
 
@@ -36,7 +37,8 @@ def resolve_variant(registry: Any, name: str, config: str | None = None,
             registry.get("variants", stage.model[len(VARIANT_PREFIX):])
         elif stage.model != PREVIOUS:
             resolve_model(registry, stage.model).config()  # unknown preset/path: clear error now
-        for evaluator in stage.evaluators:
+        for evaluator, _ in evaluator_specs(stage.evaluators,
+                                            f"stage {stage.name!r} of variant {variant.name!r}"):
             registry.get("evaluators", evaluator)
         for spec in stage.data:
             registry.get("data_sources", spec.source)

@@ -41,7 +41,7 @@ from moxin_core.reporting import (command_line, package_versions, plot_loss, sha
 from moxin_core.strategies import SHARDED, build_strategy, is_sharded
 from moxin_core.training.blocks import build_datamodule, build_module, build_objective
 from moxin_core.training.resolve import resolve_variant, stage_processor, stage_start
-from moxin_core.variants import Stage, stage_to_dict
+from moxin_core.variants import Stage, evaluator_specs, stage_to_dict
 
 log = logging.getLogger("moxin")
 
@@ -64,18 +64,27 @@ class StageResult:
     world_size: int = 1
 
 
-def run_evaluators(registry: Registry, names: Sequence[str], model_path: Path,
-                   reference: str | None = None) -> dict[str, dict[str, float]]:
-    """Run evaluators on ``model_path``; ``reference`` (the stage's starting model) is passed to
-    evaluators that take it (preference accuracy compares against it)."""
+def run_evaluators(registry: Registry, evaluators: Sequence[str | dict[str, Any]],
+                   model_path: Path, reference: str | None = None) -> dict[str, dict[str, float]]:
+    """Run evaluators (names, or ``{name: NAME, OPTION: VALUE}`` entries whose options go to the
+    evaluator's factory) on ``model_path``; ``reference`` (the stage's starting model) is passed
+    to evaluators that take it (preference accuracy compares against it)."""
     import inspect
 
     results = {}
-    for name in names:
-        evaluate = registry.get("evaluators", name)()
+    for name, options in evaluator_specs(list(evaluators), "evaluators"):
+        factory = registry.get("evaluators", name)
+        try:
+            inspect.signature(factory).bind(**options)
+        except TypeError as error:
+            accepted = ", ".join(inspect.signature(factory).parameters)
+            raise MoxinError(f"Evaluator {name!r}: {error} (options {sorted(options)}); it "
+                             f"accepts: {accepted or 'no options'}.") from None
+        evaluate = factory(**options)
         kwargs = ({"reference": reference}
                   if "reference" in inspect.signature(evaluate).parameters else {})
-        print(f"Evaluating {model_path} with {name} ...")
+        shown = f" {options}" if options else ""
+        print(f"Evaluating {model_path} with {name}{shown} ...")
         results[name] = {k: float(v) for k, v in evaluate(str(model_path), **kwargs).items()}
     return results
 

@@ -1,0 +1,59 @@
+"""Evaluator entries of a stage: registry names, or names with options for the evaluator."""
+
+from __future__ import annotations
+
+import pytest
+
+from moxin_core import hookimpl
+from moxin_core.errors import MoxinError
+from moxin_core.plugins import Registry, get_plugin_manager
+from moxin_core.training.stage import run_evaluators
+from moxin_core.variants import DataSpec, Stage, Variant, apply_overrides
+
+
+class _Scored:
+    """Scores what it was built with, so the test sees which options arrived."""
+
+    def __init__(self, levels: list[int] = (1,), num: int = 10) -> None:
+        self.levels, self.num = list(levels), num
+
+    def __call__(self, path: str) -> dict[str, float]:
+        return {"levels": float(sum(self.levels)), "num": float(self.num)}
+
+
+class _Plugin:
+    @hookimpl
+    def moxin_evaluators(self):
+        return {"scored": _Scored, "plain": lambda: lambda path: {"ok": 1.0}}
+
+
+@pytest.fixture
+def registry() -> Registry:
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register_plugin(_Plugin(), name="evals", distribution="evals", version="0")
+    return Registry(pm)
+
+
+def test_options_reach_the_evaluator_and_names_still_work(registry, tmp_path):
+    scores = run_evaluators(registry, ["plain", {"name": "scored", "levels": [3, 4], "num": 7}],
+                            tmp_path)
+    assert scores == {"plain": {"ok": 1.0}, "scored": {"levels": 7.0, "num": 7.0}}
+    assert run_evaluators(registry, ["scored"], tmp_path)["scored"] == {"levels": 1.0, "num": 10.0}
+
+
+def test_unknown_option_names_the_evaluator_and_what_it_accepts(registry, tmp_path):
+    with pytest.raises(MoxinError, match=r"Evaluator 'scored'.*'limit'.*accepts: levels, num"):
+        run_evaluators(registry, [{"name": "scored", "limit": 3}], tmp_path)
+
+
+def test_set_accepts_entries_with_options_and_rejects_bad_ones():
+    variant = Variant("v", [Stage("only", "lm", [DataSpec("embedded")], evaluators=["plain"])])
+    apply_overrides(variant, {"evaluators": "[plain, {name: scored, levels: [2]}]"}, "--set")
+    assert variant.stages[0].evaluators == ["plain", {"name": "scored", "levels": [2]}]
+    assert variant.stages[0].summary()["evaluators"][1] == {"name": "scored", "levels": [2]}
+    with pytest.raises(MoxinError, match=r"--set: evaluators: each evaluator is a name or"):
+        apply_overrides(variant, {"evaluators": "[{levels: [2]}]"}, "--set")
+    with pytest.raises(MoxinError, match=r"evaluator scored is listed twice"):
+        apply_overrides(variant, {"evaluators": "[scored, {name: scored, num: 3}]"}, "--set")
+    with pytest.raises(MoxinError, match=r"must be a list"):
+        apply_overrides(variant, {"evaluators": "scored"}, "--set")
