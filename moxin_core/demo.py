@@ -1,14 +1,17 @@
 """``moxin demo``: the whole tiny pipeline on the embedded defaults, with a summary.
 
 Tokenizer -> ``moxin-tiny-base`` (three pretraining phases) -> ``moxin-tiny-instruct`` (SFT, DPO)
-with held-out accuracy after each -> HF export -> GGUF ``q8_0`` export answering one chat turn
-through llama.cpp. The instruct and GGUF steps come from plugins (looked up by registry name, the
-core never imports them) and are skipped with a note when those plugins are not installed.
+with held-out accuracy after each -> ``moxin-tiny-reasoning`` (reasoning SFT, GRPO) with held-out
+maths accuracy before and after GRPO -> HF export of the instruct model -> GGUF ``q8_0`` export
+answering one chat turn through llama.cpp. The instruct, reasoning and GGUF steps come from
+plugins (looked up by registry name, the core never imports them) and are skipped with a note
+when those plugins are not installed.
 Figures are printed and stored in ``<out>/demo_summary.json``.
 """
 
 from __future__ import annotations
 
+import csv
 import shutil
 import time
 from pathlib import Path
@@ -24,9 +27,28 @@ from moxin_core.training.stage import run_evaluators, train_variant
 
 DEMO_VARIANT = "moxin-tiny-base"
 INSTRUCT_VARIANT = "moxin-tiny-instruct"
+REASONING_VARIANT = "moxin-tiny-reasoning"
 ARITHMETIC_EVALUATOR = "heldout-arithmetic"
+MATH_EVALUATOR = "heldout-math"
 DEMO_PROMPT = "Question: Mia has 12 apples. She buys 7 more apples."
 DEMO_QUESTION = "Mia has 12 apples. She buys 7 more. How many apples does Mia have now?"
+
+
+REWARD_WINDOW = 5
+
+
+def _reward_ends(stage_dir: Path) -> tuple[float, float] | None:
+    """Mean ``train/reward`` of a stage's first and last steps (``None`` without rewards)."""
+    path = stage_dir / "metrics.csv"
+    if not path.exists():
+        return None
+    with path.open() as f:
+        values = [float(row["train/reward"]) for row in csv.DictReader(f)
+                  if row.get("train/reward")]
+    if not values:
+        return None
+    window = min(REWARD_WINDOW, len(values))
+    return sum(values[:window]) / window, sum(values[-window:]) / window
 
 
 def _has(registry: Registry, category: str, name: str) -> bool:
@@ -44,7 +66,8 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
     variant = registry.get("variants", DEMO_VARIANT)()
     instruct = _has(registry, "variants", INSTRUCT_VARIANT)
     gguf = _has(registry, "exporters", "gguf")
-    steps = 5 + instruct + gguf
+    reasoning = instruct and _has(registry, "variants", REASONING_VARIANT)
+    steps = 5 + instruct + reasoning + gguf
     step = iter(range(1, steps + 1))
     first = resolve_model(registry, variant.stages[0].model)
     vocab = first.family.vocab_size(first.config())
@@ -66,7 +89,15 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
         results += tuned
     else:
         print("(moxin-plugin-instruct is not installed: skipping SFT and DPO)")
-    final = results[-1].out_dir
+    final = results[-1].out_dir  # exported: the chat model
+    maths: dict[str, dict[str, float]] = {}
+    if reasoning:
+        print(f"[{next(step)}/{steps}] Reasoning {REASONING_VARIANT}: reasoning SFT -> GRPO ...")
+        reasoned = train_variant(REASONING_VARIANT, out, registry=registry)
+        maths = {r.name: r.evals[MATH_EVALUATOR] for r in reasoned if MATH_EVALUATOR in r.evals}
+        results += reasoned
+    elif instruct:
+        print("(moxin-plugin-reasoning is not installed: skipping reasoning SFT and GRPO)")
     print(f"[{next(step)}/{steps}] Exporting the final model to HF format ...")
     export_dir = export_hf(final, out / "export-hf", force=True, registry=registry)
     print(f"[{next(step)}/{steps}] Generating a sample ...")
@@ -85,8 +116,13 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
 
     print("\n" + "=" * 76)
     print(f"moxin demo: {DEMO_VARIANT}" + (f" + {INSTRUCT_VARIANT}" if instruct else "")
-          + f" in {wall:.0f} s")
+          + (f" + {REASONING_VARIANT}" if reasoning else "") + f" in {wall:.0f} s")
     for r in results:
+        rewards = _reward_ends(r.out_dir)
+        if rewards:  # an RL stage: its loss says little, the reward says how it went
+            print(f"  {r.name:<14} reward {rewards[0]:.3f} -> {rewards[1]:.3f} (mean of the "
+                  f"first and last {REWARD_WINDOW} steps)  {r.steps:>4} steps  {r.out_dir}")
+            continue
         # a summed loss (SFT) is reported per token: its sum depends on the batch's tokens
         first_loss, last_loss = r.token_loss or (r.first_loss, r.last_loss)
         unit = " per token" if r.token_loss else ""
@@ -103,6 +139,13 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
     if preference:
         print(f"  held-out DPO reward accuracy          {preference['reward_accuracy']:.0%} "
               f"(margin {preference['margin']:.3f}, {preference['n']:.0f} pairs)")
+    for stage, scores in maths.items():
+        print(f"  held-out maths pass@1 after {stage:<14} {scores['pass@1']:.0%} "
+              f"(greedy, {scores['n']:.0f} problems)")
+    if len(maths) > 1:
+        (before, low), (after, high) = list(maths.items())[0], list(maths.items())[-1]
+        gain = 100 * (high["pass@1"] - low["pass@1"])
+        print(f"  GRPO changed held-out maths pass@1 by {gain:+.1f} points ({before} -> {after})")
     print(f"  HF export:   {export_dir}  (AutoModelForCausalLM.from_pretrained loads it)")
     print(f"  loss plots:  {out}/<stage>/loss.png")
     print(f"  prompt:      {DEMO_PROMPT}")
@@ -120,6 +163,7 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
                     "evals": r.evals, "folder": str(r.out_dir)} for r in results],
         "heldout_arithmetic_accuracy": {k: v["accuracy"] for k, v in accuracy.items()},
         "heldout_reward_accuracy": preference["reward_accuracy"] if preference else None,
+        "heldout_math_accuracy": {k: v["pass@1"] for k, v in maths.items()},
         "hf_export": str(export_dir),
         "sample": {"prompt": DEMO_PROMPT, "completion": sample},
         "gguf": str(gguf_path) if gguf_path else None,

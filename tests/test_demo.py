@@ -12,7 +12,7 @@ from tests.conftest import checkpoint_logits, hf_logits_without_moxin, run_cli
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # ~9 min on a quiet 2-core CPU; the suite default is 900 s per test
+@pytest.mark.timeout(2400)  # ~10 min on a quiet 2-core CPU; the suite default is 900 s per test
 def test_demo_trains_exports_and_generates(tmp_path):
     out = tmp_path / "demo"
     result = run_cli("demo", "--out", str(out), timeout=2400)
@@ -68,6 +68,24 @@ def test_demo_trains_exports_and_generates(tmp_path):
     sft_stage = next(s for s in stored["stages"] if s["name"] == "sft")
     first, last = sft_stage["token_loss"]
     assert 0 < last < first < 10
+
+    # reasoning: GRPO raises held-out greedy maths accuracy over its starting checkpoint (the
+    # reasoning SFT model) by at least 5 points; both figures printed and stored in the run
+    reasoning = "moxin-tiny-reasoning" in registry.names("variants")
+    if reasoning:
+        maths = stored["heldout_math_accuracy"]
+        assert set(maths) == {"reasoning-sft", "grpo"}
+        assert maths["grpo"] >= maths["reasoning-sft"] + 0.05, maths
+        for stage in maths:
+            evals = json.loads((out / stage / "eval.json").read_text())
+            assert evals["heldout-math"]["pass@1"] == maths[stage]
+            assert re.search(rf"held-out maths pass@1 after {stage}\s+\d+%", summary), summary
+        assert re.search(r"GRPO changed held-out maths pass@1 by \+\d+\.\d points", summary)
+        assert re.search(r"grpo\s+reward \d\.\d+ -> \d\.\d+", summary), summary
+        grpo = json.loads((out / "grpo" / "manifest.json").read_text())
+        assert grpo["status"] == "complete" and grpo["init"].endswith("reasoning-sft/hf")
+    else:
+        assert "moxin-plugin-reasoning is not installed" in result.stdout
 
     # the q8_0 GGUF answered one chat turn through llama.cpp
     if not gguf:

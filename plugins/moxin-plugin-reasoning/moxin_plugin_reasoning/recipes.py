@@ -69,32 +69,49 @@ def _tiny(**changes) -> HyperParameters:
     return HyperParameters(**base)
 
 
+#: the tiny recipe's problems: two operations ("What is 6 * 7 + 5?"), where working in steps pays
+TINY_LEVELS = [3]
+#: held-out level-3 problems (278 distinct questions exist): one standard error ~3 points
+TINY_EVAL = {"name": "heldout-math", "levels": TINY_LEVELS, "num": 250}
+
+
 def moxin_tiny_reasoning() -> Variant:
-    """Reasoning SFT then GRPO at tiny scale on the embedded problems."""
+    """Reasoning SFT then GRPO at tiny scale on the embedded problems.
+
+    The SFT traces answer half the problems straight away (``The answer is \\boxed{N}.``) and
+    work the other half in two steps first; the SFT model does either, and greedy decoding often
+    takes the direct answer, which a 4.5M-parameter model gets right far less often. GRPO
+    rewards the correct answers, and so the working: held-out greedy accuracy rises because the
+    policy learns to reason before answering, the effect GRPO has at scale in miniature.
+    """
     return Variant(
         name="moxin-tiny-reasoning",
         description="moxin-tiny reasoning SFT then GRPO on the embedded maths problems, "
                     "starting from a moxin-tiny-instruct run in the same --out.",
         stages=[
             Stage("reasoning-sft", "sft",
-                  [DataSpec("embedded_reasoning", 1.0, {"split": "train", "num_examples": 20000})],
+                  [DataSpec("embedded_reasoning", 1.0,
+                            {"split": "train", "num_examples": 20000, "levels": TINY_LEVELS,
+                             "direct_share": 0.5})],
                   model="variant:moxin-tiny-instruct", objective_options={"reduction": "sum"},
                   hparams=_tiny(seq_len=256, lr=2e-3, warmup_ratio=0.05, schedule="linear",
-                                max_steps=1000),
-                  evaluators=["heldout-math"],
-                  description="SFT on worked solutions ending in \\boxed{answer}."),
+                                max_steps=400),
+                  evaluators=[dict(TINY_EVAL)],
+                  description="SFT on two-step problems, half answered directly, half worked "
+                              "before the \\boxed{answer}."),
             Stage("grpo", "grpo",
-                  # other problems than the SFT stage's (seed 1): the reward measures what
-                  # generalises, not what SFT memorised
+                  # the prompts in another order than the SFT stage's (seed 1); the held-out
+                  # split, never trained on, measures what the stage changes
                   [DataSpec("embedded_problems", 1.0,
-                            {"split": "train", "seed": 1, "num_examples": 20000})],
+                            {"split": "train", "seed": 1, "num_examples": 20000,
+                             "levels": TINY_LEVELS})],
                   model=PREVIOUS,
                   objective_options={"num_generations": 8, "temperature": 0.6,
                                      "max_new_tokens": 40, "beta": 0.001, "loss_type": "grpo",
                                      "rewards": {"math": 1.0}},
-                  hparams=_tiny(micro_batch_size=16, seq_len=128, lr=3e-5, max_steps=45),
-                  evaluators=["heldout-math"],
-                  description="GRPO with the math reward on generated problems."),
+                  hparams=_tiny(micro_batch_size=16, seq_len=128, lr=3e-5, max_steps=40),
+                  evaluators=[dict(TINY_EVAL)],
+                  description="GRPO with the math reward on the same kind of problems."),
         ],
     )
 

@@ -4,6 +4,7 @@ handling: missing fields, over-long prompts, rewards that raise or return None/N
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -50,6 +51,40 @@ def test_answers_are_right_and_solutions_end_boxed():
     conversation = _records(EmbeddedReasoning(num_examples=1), 1)[0]["messages"]
     assert conversation[0]["content"].endswith(INSTRUCTION)
     assert conversation[1]["content"].endswith("}.")
+    # every equation of the working holds ("6 * 7 = 42, and 42 + 5 = 47.")
+    for problem in problems:
+        work = problem["solution"].rsplit(" The answer is", 1)[0]
+        for left, right in re.findall(r"(\d+(?: [-+*/] \d+)+) = ([\d.]+)", work):
+            assert float(eval(left)) == float(right), (problem["problem"], work)  # noqa: S307
+
+
+def test_direct_share_answers_that_share_without_working():
+    from moxin_plugin_reasoning.problems import boxed
+
+    worked = _records(EmbeddedReasoning(num_examples=400, levels=[3]), 400)
+    half = _records(EmbeddedReasoning(num_examples=400, levels=[3], direct_share=0.5), 400)
+    replies = [(w["messages"][1]["content"], h["messages"][1]["content"])
+               for w, h in zip(worked, half)]
+    direct = [h for w, h in replies if h != w]
+    # the same problems; a direct reply is the worked one's last sentence alone
+    assert [w["messages"][0] for w in worked] == [h["messages"][0] for h in half]
+    assert all(w.endswith(" " + h) and h.startswith("The answer is") for w, h in replies
+               if h != w)
+    assert 0.4 < len(direct) / len(replies) < 0.6
+    # chosen by the question, not by its position: the same question is always treated alike
+    again = _records(EmbeddedReasoning(seed=7, num_examples=400, levels=[3], direct_share=0.5), 400)
+    by_question = {h["messages"][0]["content"]: h["messages"][1]["content"] for h in half}
+    shared = [r for r in again if r["messages"][0]["content"] in by_question]
+    assert shared and all(by_question[r["messages"][0]["content"]] == r["messages"][1]["content"]
+                          for r in shared)
+    everything = _records(EmbeddedReasoning(num_examples=50, direct_share=1.0), 50)
+    problems = [p for _, (_, p) in zip(range(50), iter_problems(0, "train"))]
+    assert [r["messages"][1]["content"] for r in everything] == [boxed(p["answer"])
+                                                                  for p in problems]
+    assert (EmbeddedReasoning(direct_share=0.5).fingerprint()
+            != EmbeddedReasoning().fingerprint())
+    with pytest.raises(MoxinError, match="direct_share must be in"):
+        EmbeddedReasoning(direct_share=1.5)
 
 
 def _datamodule(tokenizer, data, objective, seq_len=160, batch=2):
