@@ -11,7 +11,6 @@ Figures are printed and stored in ``<out>/demo_summary.json``.
 
 from __future__ import annotations
 
-import csv
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 from moxin_core.export import export_hf
 from moxin_core.models.family import resolve_model
 from moxin_core.plugins import Registry
-from moxin_core.reporting import write_json_atomic
+from moxin_core.reporting import metric_ends, write_json_atomic
 from moxin_core.runtime import generate, load_runtime
 from moxin_core.training.blocks import ensure_embedded_tokenizer
 from moxin_core.training.stage import run_evaluators, train_variant
@@ -35,20 +34,6 @@ DEMO_QUESTION = "Mia has 12 apples. She buys 7 more. How many apples does Mia ha
 
 
 REWARD_WINDOW = 5
-
-
-def _reward_ends(stage_dir: Path) -> tuple[float, float] | None:
-    """Mean ``train/reward`` of a stage's first and last steps (``None`` without rewards)."""
-    path = stage_dir / "metrics.csv"
-    if not path.exists():
-        return None
-    with path.open() as f:
-        values = [float(row["train/reward"]) for row in csv.DictReader(f)
-                  if row.get("train/reward")]
-    if not values:
-        return None
-    window = min(REWARD_WINDOW, len(values))
-    return sum(values[:window]) / window, sum(values[-window:]) / window
 
 
 def _has(registry: Registry, category: str, name: str) -> bool:
@@ -118,7 +103,7 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
     print(f"moxin demo: {DEMO_VARIANT}" + (f" + {INSTRUCT_VARIANT}" if instruct else "")
           + (f" + {REASONING_VARIANT}" if reasoning else "") + f" in {wall:.0f} s")
     for r in results:
-        rewards = _reward_ends(r.out_dir)
+        rewards = metric_ends(r.out_dir, "train/reward", REWARD_WINDOW)
         if rewards:  # an RL stage: its loss says little, the reward says how it went
             print(f"  {r.name:<14} reward {rewards[0]:.3f} -> {rewards[1]:.3f} (mean of the "
                   f"first and last {REWARD_WINDOW} steps)  {r.steps:>4} steps  {r.out_dir}")

@@ -47,6 +47,22 @@ def write_metrics_csv(rows: list[dict[str, float]], path: Path) -> None:
             writer.writerow({k: row.get(k, "") for k in columns})
 
 
+def metric_ends(stage_dir: Path, key: str = "train/reward",
+                window: int = 5) -> tuple[float, float] | None:
+    """Mean of ``key`` over a stage's first and last ``window`` logged steps (from its
+    ``metrics.csv``), or None when it logged no such value: how an RL stage's reward went,
+    which its loss does not show."""
+    path = Path(stage_dir) / "metrics.csv"
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        values = [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+    if not values:
+        return None
+    window = min(window, len(values))
+    return sum(values[:window]) / window, sum(values[-window:]) / window
+
+
 def _ema(values: list[float], alpha: float = 0.1) -> list[float]:
     out, current = [], None
     for value in values:

@@ -26,10 +26,16 @@ class _Plugin:
     def moxin_evaluators(self):
         return {"scored": _Scored, "plain": lambda: lambda path: {"ok": 1.0}}
 
+    @hookimpl
+    def moxin_variants(self):
+        return {"probe": lambda: Variant("probe", [
+            Stage("only", "lm", [DataSpec("embedded")], model="moxin-nano", tokenizer="embedded",
+                  evaluators=["plain"])])}
+
 
 @pytest.fixture
 def registry() -> Registry:
-    pm = get_plugin_manager(load_entry_points=False)
+    pm = get_plugin_manager()  # the installed plugins (the built-in `lm`, `moxin-nano`) too
     pm.register_plugin(_Plugin(), name="evals", distribution="evals", version="0")
     return Registry(pm)
 
@@ -44,6 +50,16 @@ def test_options_reach_the_evaluator_and_names_still_work(registry, tmp_path):
 def test_unknown_option_names_the_evaluator_and_what_it_accepts(registry, tmp_path):
     with pytest.raises(MoxinError, match=r"Evaluator 'scored'.*'limit'.*accepts: levels, num"):
         run_evaluators(registry, [{"name": "scored", "limit": 3}], tmp_path)
+
+
+def test_bad_options_fail_when_the_variant_is_resolved_before_any_training(registry):
+    from moxin_core.training.resolve import resolve_variant
+
+    with pytest.raises(MoxinError, match=r"Evaluator 'scored'.*'limit'.*accepts: levels, num"):
+        resolve_variant(registry, "probe", None,
+                        ["only.evaluators=[{name: scored, limit: 3}]"], None)
+    assert resolve_variant(registry, "probe", None, ["only.evaluators=[{name: scored, num: 3}]"],
+                           None).stages[0].evaluators == [{"name": "scored", "num": 3}]
 
 
 def test_set_accepts_entries_with_options_and_rejects_bad_ones():

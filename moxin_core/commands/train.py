@@ -7,6 +7,7 @@ from typing import Any
 
 from moxin_core import distributed
 from moxin_core.commands.base import Command
+from moxin_core.reporting import metric_ends
 
 
 def format_result(result: Any) -> list[str]:
@@ -17,6 +18,9 @@ def format_result(result: Any) -> list[str]:
     if result.token_loss:
         loss += (f" (summed over tokens; per token {result.token_loss[0]:.3f} -> "
                  f"{result.token_loss[1]:.3f})")
+    rewards = metric_ends(result.out_dir, "train/reward")
+    if rewards:  # an RL stage: its loss says little, its reward how it went
+        loss += f", reward {rewards[0]:.3f} -> {rewards[1]:.3f} (mean of first/last 5 steps)"
     ranks = f" on {result.world_size} ranks" if result.world_size > 1 else ""
     lines = [f"stage {result.name}{note}: {result.steps} steps, {loss}, "
              f"{result.tokens_per_second:,.0f} tokens/s{ranks} -> {result.out_dir}"]

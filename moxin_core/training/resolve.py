@@ -37,9 +37,9 @@ def resolve_variant(registry: Any, name: str, config: str | None = None,
             registry.get("variants", stage.model[len(VARIANT_PREFIX):])
         elif stage.model != PREVIOUS:
             resolve_model(registry, stage.model).config()  # unknown preset/path: clear error now
-        for evaluator, _ in evaluator_specs(stage.evaluators,
-                                            f"stage {stage.name!r} of variant {variant.name!r}"):
-            registry.get("evaluators", evaluator)
+        for evaluator, options in evaluator_specs(
+                stage.evaluators, f"stage {stage.name!r} of variant {variant.name!r}"):
+            evaluator_factory(registry, evaluator, options)  # bad options fail before training
         for spec in stage.data:
             registry.get("data_sources", spec.source)
     return variant
@@ -56,6 +56,20 @@ def _variant_result(registry: Any, reference: str, out: Path, stage: Stage) -> P
                          f"{name} --out {out}` first, or set {stage.name}.model to a checkpoint "
                          "folder or hub id.")
     return folder
+
+
+def evaluator_factory(registry: Any, name: str, options: dict[str, Any]) -> Any:
+    """The factory of evaluator ``name``, once ``options`` are known to fit its parameters."""
+    import inspect
+
+    factory = registry.get("evaluators", name)
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as error:
+        accepted = ", ".join(inspect.signature(factory).parameters)
+        raise MoxinError(f"Evaluator {name!r}: {error} (options {sorted(options)}); it accepts: "
+                         f"{accepted or 'no options'}.") from None
+    return factory
 
 
 def stage_start(registry: Any, variant: Variant, stage: Stage, out: Path) -> str:

@@ -40,7 +40,8 @@ from moxin_core.reporting import (command_line, package_versions, plot_loss, sha
                                   write_json_atomic, write_metrics_csv)
 from moxin_core.strategies import SHARDED, build_strategy, is_sharded
 from moxin_core.training.blocks import build_datamodule, build_module, build_objective
-from moxin_core.training.resolve import resolve_variant, stage_processor, stage_start
+from moxin_core.training.resolve import (evaluator_factory, resolve_variant, stage_processor,
+                                         stage_start)
 from moxin_core.variants import Stage, evaluator_specs, stage_to_dict
 
 log = logging.getLogger("moxin")
@@ -73,14 +74,7 @@ def run_evaluators(registry: Registry, evaluators: Sequence[str | dict[str, Any]
 
     results = {}
     for name, options in evaluator_specs(list(evaluators), "evaluators"):
-        factory = registry.get("evaluators", name)
-        try:
-            inspect.signature(factory).bind(**options)
-        except TypeError as error:
-            accepted = ", ".join(inspect.signature(factory).parameters)
-            raise MoxinError(f"Evaluator {name!r}: {error} (options {sorted(options)}); it "
-                             f"accepts: {accepted or 'no options'}.") from None
-        evaluate = factory(**options)
+        evaluate = evaluator_factory(registry, name, options)(**options)
         kwargs = ({"reference": reference}
                   if "reference" in inspect.signature(evaluate).parameters else {})
         shown = f" {options}" if options else ""

@@ -58,6 +58,12 @@ def test_grpo_stage_trains_and_logs_its_statistics(tmp_path, hf_folder):
     assert speed[0] == speed[1] and speed[2] == speed[3] and speed[1] != speed[2]
     assert float(rows[0]["train/kl"]) == 0.0 and float(rows[1]["train/kl"]) > 0.0
     assert (tmp_path / "grpo" / "hf" / "model.safetensors").exists()
+    # `moxin train` reports an RL stage's reward beside its loss: first and last 5 steps
+    from moxin_core.commands.train import format_result
+
+    rewards = [float(row["train/reward"]) for row in rows]
+    line = format_result(result)[0]
+    assert f"reward {sum(rewards[:4]) / 4:.3f} -> {sum(rewards[-4:]) / 4:.3f}" in line, line
 
 
 def test_heldout_math_evaluator_writes_its_scores(hf_folder):
