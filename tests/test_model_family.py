@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from moxin_core.api import (DataSource, DataSpec, HyperParameters, ModelFamily, ModelPreset,
@@ -87,6 +88,19 @@ class FeatureLMFamily(ModelFamily):
     def config_to_dict(self, config: dict) -> dict:
         return copy.deepcopy(config)
 
+    # a composite preset: {"lm_from": MODEL} builds on another feature-lm's language model
+    def references(self, config: dict) -> dict:
+        return {"lm": config["lm_from"]} if "lm_from" in config and "lm" not in config else {}
+
+    def bind_references(self, config: dict, sources: dict) -> dict:
+        config = copy.deepcopy(config)
+        config["lm_from"] = sources["lm"]
+        config["lm"] = self.load_config(sources["lm"])["lm"]
+        return config
+
+    def processor_source(self, config: dict):
+        return config.get("lm_from")
+
     def config_from_dict(self, data: dict) -> dict:
         return copy.deepcopy(data)
 
@@ -97,7 +111,12 @@ class FeatureLMFamily(ModelFamily):
         return config["lm"]["vocab_size"]
 
     def build(self, config: dict) -> FeatureLM:
-        return FeatureLM(config)
+        model = FeatureLM(config)
+        if config.get("lm_from"):  # a composite: the language model's trained weights
+            from transformers import AutoModelForCausalLM
+
+            model.lm = AutoModelForCausalLM.from_pretrained(Path(config["lm_from"]) / "lm")
+        return model
 
     def load(self, source: str) -> FeatureLM:
         from transformers import AutoModelForCausalLM
@@ -222,6 +241,13 @@ def _variant():
         Stage("more", "prefix-lm", data, model="previous", hparams=_hparams(max_steps=4))])
 
 
+def _composite_variant():
+    data = [DataSpec("number-features", 1.0, {"num": 64})]
+    return Variant("feature-composite", [
+        Stage("built", "prefix-lm", data, model="feature-on-demo",
+              hparams=_hparams(max_steps=2, lr=1e-12))])
+
+
 class FeaturePlugin:
     @hookimpl
     def moxin_model_families(self):
@@ -229,7 +255,9 @@ class FeaturePlugin:
 
     @hookimpl
     def moxin_models(self):
-        return {"feature-nano": _preset}
+        return {"feature-nano": _preset,
+                "feature-on-demo": lambda: ModelPreset("feature-lm",
+                                                       {"lm_from": "variant:feature-demo"})}
 
     @hookimpl
     def moxin_objectives(self):
@@ -241,7 +269,7 @@ class FeaturePlugin:
 
     @hookimpl
     def moxin_variants(self):
-        return {"feature-demo": _variant}
+        return {"feature-demo": _variant, "feature-composite": _composite_variant}
 
 
 def _registry(*extra) -> Registry:
@@ -280,6 +308,24 @@ def test_the_family_trains_saves_and_continues_through_previous(trained):
     checkpoint = load_file(out / "warm" / "checkpoints" / "step=000006.ckpt" / "model.safetensors")
     for name, value in model.state_dict().items():
         assert torch.equal(value, checkpoint[f"model.{name}"]), name
+
+
+def test_a_composite_preset_builds_on_another_variants_model(trained):
+    out, _ = trained
+    (result,) = train_variant("feature-composite", out, registry=_registry())
+    source = out / "more" / "hf"
+    config = yaml.safe_load((out / "built" / "config.yaml").read_text())
+    # the reference resolved like a stage's model, the processor taken from it
+    assert config["references"] == {"lm": str(source)}
+    assert config["tokenizer"] == str(source)
+    assert json.loads((out / "built" / "model.json").read_text())["config"]["lm_from"] == \
+        str(source)
+    # built from the referenced model's language model (lr 1e-12: still its weights, where a
+    # randomly initialised one would differ by the weights' own size)
+    built = load_file(out / "built" / "hf" / "lm" / "model.safetensors")
+    for name, value in load_file(source / "lm" / "model.safetensors").items():
+        torch.testing.assert_close(built[name], value, rtol=0, atol=1e-8)
+    assert result.steps == 2
 
 
 def test_export_writes_the_family_folder(trained, tmp_path):

@@ -102,6 +102,32 @@ class ModelFamily(ABC):
         """The text vocabulary size (``tokenizer: embedded`` trains a tokenizer of this size)."""
         return getattr(config, "vocab_size", None)
 
+    # -- composites: a preset built from other models (a VLM from a language model)
+    def references(self, config: Any) -> dict[str, str]:
+        """The other models a preset's ``config`` is built from, ``{role: model}``: each a preset
+        name, a folder, a hub id, ``previous`` or ``variant:NAME``, as a stage's ``model``.
+
+        ``moxin train`` resolves them as it resolves a stage's ``model`` (``previous`` and
+        ``variant:NAME`` to folders in the same ``--out``) and passes the results to
+        :meth:`bind_references` before building. The default: none.
+        """
+        return {}
+
+    def bind_references(self, config: Any, sources: dict[str, str]) -> Any:
+        """``config`` with the resolved ``sources`` of :meth:`references` (a copy)."""
+        return config
+
+    def processor_source(self, config: Any) -> str | None:
+        """Where the processor of a model built from the preset ``config`` comes from when the
+        stage names no ``tokenizer`` (a composite: its language model's folder); None: the stage
+        must name one."""
+        return None
+
+    def fit_processor(self, processor: Any, config: Any) -> Any:
+        """``processor`` completed for the model of ``config`` (a VLM adds its encoder's image
+        transform); called by ``moxin train`` right after loading the processor."""
+        return processor
+
     # -- models
     @abstractmethod
     def build(self, config: Any) -> torch.nn.Module:

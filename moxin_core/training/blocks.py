@@ -45,19 +45,25 @@ def build_datamodule(registry: Any, data: Sequence[DataSpec], objective: Objecti
                            sharding=sharding, workers=workers)
 
 
-def model_recipe(ref: ModelRef, processor: Any, seed: int = 0) -> ModelRecipe:
-    """How to build the model ``ref`` names: a preset's config fitted to the processor (random
-    weights drawn with ``seed``), or the pretrained source."""
+def model_recipe(ref: ModelRef, processor: Any, seed: int = 0,
+                 references: dict[str, str] | None = None) -> ModelRecipe:
+    """How to build the model ``ref`` names: a preset's config (bound to the models it is built
+    from, ``references``) fitted to the processor (random weights drawn with ``seed``), or the
+    pretrained source."""
     if ref.is_preset:
-        return ModelRecipe(ref.family, ref.family.fit_config(ref.preset.config, processor),
-                           seed=seed)
+        config = ref.preset.config
+        if references:
+            config = ref.family.bind_references(config, references)
+        return ModelRecipe(ref.family, ref.family.fit_config(config, processor), seed=seed)
     return ModelRecipe(ref.family, ref.config(), source=ref.source, seed=seed)
 
 
 def build_module(registry: Any, model: str, objective: Objective, processor: Any,
                  hparams: HyperParameters | None = None, lazy: bool = False,
-                 stage_dir: str | Path | None = None) -> MoxinModule:
-    """A ``MoxinModule`` around ``model`` (preset, folder or hub id) sized to ``processor``.
+                 stage_dir: str | Path | None = None,
+                 references: dict[str, str] | None = None) -> MoxinModule:
+    """A ``MoxinModule`` around ``model`` (preset, folder or hub id) sized to ``processor``;
+    ``references``: the resolved models a composite preset is built from.
 
     ``lazy``: build the model when the fit starts (``configure_model``) instead of now; a
     sharding strategy (``fsdp``) then builds it on the meta device and materialises only each
@@ -65,7 +71,7 @@ def build_module(registry: Any, model: str, objective: Objective, processor: Any
     """
     hparams = hparams or HyperParameters()
     ref = resolve_model(registry, model)
-    recipe = model_recipe(ref, processor, hparams.seed)
+    recipe = model_recipe(ref, processor, hparams.seed, references)
     where = f"model {model!r}"
     network = None if lazy else recipe.build()
     ref.family.check(network if network is not None else _shape_only(ref.family, recipe.config),

@@ -75,9 +75,28 @@ def evaluator_factory(registry: Any, name: str, options: dict[str, Any]) -> Any:
 def stage_start(registry: Any, variant: Variant, stage: Stage, out: Path) -> str:
     """The model a stage starts from: a preset name, a folder or a hub id (``previous`` and
     ``variant:NAME`` resolved to folders under ``out``)."""
+    return _model_source(registry, variant, stage, stage.model, out)
+
+
+def preset_references(registry: Any, variant: Variant, stage: Stage, init: str,
+                      out: Path) -> dict[str, str]:
+    """The models a composite preset is built from (``ModelFamily.references``), resolved like
+    a stage's ``model``; ``{}`` when ``init`` is no preset or has none."""
+    ref = resolve_model(registry, init)
+    if not ref.is_preset:
+        return {}
+    sources = {}
+    for role, model in ref.family.references(ref.preset.config).items():
+        source = _model_source(registry, variant, stage, model, out)
+        resolve_model(registry, source)  # a missing folder or unknown preset: clear error now
+        sources[role] = source
+    return sources
+
+
+def _model_source(registry: Any, variant: Variant, stage: Stage, model: str, out: Path) -> str:
     names = [s.name for s in variant.stages]
     index = names.index(stage.name)
-    if stage.model == PREVIOUS:
+    if model == PREVIOUS:
         if index == 0:
             raise MoxinError(f"Stage {stage.name!r} starts from 'previous' but is the first "
                              f"stage of {variant.name!r}.")
@@ -87,20 +106,25 @@ def stage_start(registry: Any, variant: Variant, stage: Stage, out: Path) -> str
                              f"{names[index - 1]!r}, which is not in {out} yet; run that stage "
                              "first (or the whole variant).")
         return str(previous)
-    if stage.model.startswith(VARIANT_PREFIX):
-        return str(_variant_result(registry, stage.model, out, stage))
-    return stage.model
+    if model.startswith(VARIANT_PREFIX):
+        return str(_variant_result(registry, model, out, stage))
+    return model
 
 
 def stage_processor(registry: Any, variant: Variant, stage: Stage, init: str,
-                    out: Path) -> Path | str:
+                    out: Path, references: dict[str, str] | None = None) -> Path | str:
     """Where a stage's processor (tokenizer) comes from: the stage's or the variant's
     ``tokenizer`` setting (``embedded`` = trained on the embedded corpus into ``out/tokenizer``),
-    else the model's own folder."""
+    else the model's own folder, else (a composite preset) where its family says."""
     if stage.model == PREVIOUS or stage.model.startswith(VARIANT_PREFIX):
         return init  # a trained model's folder carries its processor
     spec = stage.tokenizer or variant.tokenizer
     ref = resolve_model(registry, stage.model)
+    if ref.is_preset and not spec and references:
+        bound = ref.family.bind_references(ref.preset.config, references)
+        source = ref.family.processor_source(bound)
+        if source is not None:
+            return source
     if spec == EMBEDDED_TOKENIZER:
         vocab = ref.family.vocab_size(ref.config())
         if vocab is None:

@@ -40,8 +40,8 @@ from moxin_core.reporting import (command_line, package_versions, plot_loss, sha
                                   write_json_atomic, write_metrics_csv)
 from moxin_core.strategies import SHARDED, build_strategy, is_sharded
 from moxin_core.training.blocks import build_datamodule, build_module, build_objective
-from moxin_core.training.resolve import (evaluator_factory, resolve_variant, stage_processor,
-                                         stage_start)
+from moxin_core.training.resolve import (evaluator_factory, preset_references, resolve_variant,
+                                         stage_processor, stage_start)
 from moxin_core.variants import Stage, evaluator_specs, stage_to_dict
 
 log = logging.getLogger("moxin")
@@ -95,16 +95,20 @@ def train_variant(name: str, out: str | Path, stage: str | None = None,
     results = []
     for current in selected:
         init = stage_start(registry, variant, current, out)
-        processor_source = stage_processor(registry, variant, current, init, out)
+        references = preset_references(registry, variant, current, init, out)
+        processor_source = stage_processor(registry, variant, current, init, out, references)
         results.append(run_stage(variant.name, current, out / current.name, init,
-                                 processor_source, registry, resume))
+                                 processor_source, registry, resume, references))
     return results
 
 
 def _resolved_config(variant_name: str, stage: Stage, init: str,
-                     processor_source: Path | str) -> dict:
-    return {"variant": variant_name, "init": init, "tokenizer": str(processor_source),
-            "stage": stage_to_dict(stage)}
+                     processor_source: Path | str,
+                     references: dict[str, str] | None = None) -> dict:
+    resolved = {"variant": variant_name, "init": init, "tokenizer": str(processor_source)}
+    if references:  # a composite preset: the models it is built from
+        resolved["references"] = dict(references)
+    return {**resolved, "stage": stage_to_dict(stage)}
 
 
 def _check_resumable(stage_dir: Path, resolved: dict, resume: bool) -> dict | None:
@@ -162,10 +166,11 @@ def _skipped(stage: Stage, stage_dir: Path, previous: dict) -> StageResult:
 
 def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
               processor_source: Path | str, registry: Registry,
-              resume: bool = False) -> StageResult:
-    """Train one stage; write config, checkpoints, metrics, plot, model export and manifest."""
+              resume: bool = False, references: dict[str, str] | None = None) -> StageResult:
+    """Train one stage; write config, checkpoints, metrics, plot, model export and manifest.
+    ``references``: the resolved models a composite preset ``init`` is built from."""
     hp = stage.hparams
-    resolved = _resolved_config(variant_name, stage, init, processor_source)
+    resolved = _resolved_config(variant_name, stage, init, processor_source, references)
     writer = distributed.is_rank_zero()
     # ranks other than 0 start after rank 0 wrote the folder (or beside it): only rank 0 checks
     previous = _check_resumable(stage_dir, resolved, resume) if writer else None
@@ -176,8 +181,12 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
 
     _quiet_libraries()
     objective = build_objective(registry, stage.objective, stage.objective_options)
-    family = resolve_model(registry, init).family
-    processor = family.load_processor(processor_source)
+    ref = resolve_model(registry, init)
+    family = ref.family
+    model_config = ref.config()
+    if ref.is_preset and references:
+        model_config = family.bind_references(model_config, references)
+    processor = family.fit_processor(family.load_processor(processor_source), model_config)
     datamodule = build_datamodule(registry, stage.data, objective, processor, hp.seq_len,
                                   hp.micro_batch_size, hp.seed, hp.data_sharding, hp.data_workers)
     datamodule.check_data()  # bad data fails here, before a model is built
@@ -185,7 +194,8 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
     pl.seed_everything(hp.seed, verbose=False)
     strategy = build_strategy(hp.strategy)
     module = build_module(registry, init, objective, processor, hp,
-                          lazy=hp.strategy in SHARDED, stage_dir=stage_dir)
+                          lazy=hp.strategy in SHARDED, stage_dir=stage_dir,
+                          references=references)
     config = module.recipe.config
 
     if writer:
