@@ -1,0 +1,225 @@
+"""The ``vlm`` model family: build, save, reload and describe vision-language models.
+
+A preset's config is a dict::
+
+    {"encoder": {"name": "tiny-vit", "options": {}},   # a vision encoder and its options
+     "projector": "gelu-mlp",                          # linear | gelu-mlp | fused-gelu-mlp
+     "llm": "variant:moxin-tiny-instruct"}             # the language model it is built from
+
+``llm`` is a model reference like a stage's ``model`` (a folder, a hub id, ``previous`` or
+``variant:NAME``): ``moxin train`` resolves it and the VLM is built from that language model's
+weights and tokenizer, with a new projector and the encoder's weights (random unless the encoder
+options name weights). Once bound, the config also holds ``lm``, the language model's config.
+
+A saved VLM is a folder::
+
+    vlm.json                 encoder, projector, lm config
+    vision.safetensors       encoder weights
+    projector.safetensors    projector weights
+    image.json               the image transform (size, mean, std, resize strategy)
+    lm/                      the language model with its tokenizer: a plain transformers folder
+    moxin.json               {"family": "vlm"}
+
+so ``lm/`` loads with ``AutoModelForCausalLM`` alone, and the whole folder reloads in a fresh
+process through this family.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moxin_core.api import CausalLMFamily, ModelFamily, MoxinError
+
+from moxin_plugin_vlm.encoders import ImageTransform
+from moxin_plugin_vlm.model import VisionLanguageModel, build_encoder
+
+CONFIG_FILE = "vlm.json"
+IMAGE_FILE = "image.json"
+LM_DIR = "lm"
+
+
+class VLMProcessor:
+    """The language model's tokenizer and the vision encoder's image transform."""
+
+    def __init__(self, tokenizer: Any, transform: ImageTransform | None = None,
+                 tokenizer_source: str | Path | None = None) -> None:
+        self.tokenizer, self.transform = tokenizer, transform
+        self.tokenizer_source = tokenizer_source
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    def image(self, image) -> torch.Tensor:
+        if self.transform is None:
+            raise MoxinError("This processor has no image transform: load it from a VLM folder "
+                             "or through the vlm family of a stage.")
+        return self.transform(image)
+
+
+def _text_family() -> CausalLMFamily:
+    return CausalLMFamily()
+
+
+class VLMFamily(ModelFamily):
+    name = "vlm"
+
+    def recognizes(self, source: str) -> bool:
+        return (Path(source) / CONFIG_FILE).is_file()
+
+    # -- configs
+    def load_config(self, source: str) -> dict:
+        path = Path(source) / CONFIG_FILE
+        if not path.is_file():
+            raise MoxinError(f"{source} is not a moxin VLM folder: {CONFIG_FILE} is missing.")
+        try:
+            return json.loads(path.read_text())
+        except ValueError as error:
+            raise MoxinError(f"{path} is not valid JSON: {error}.") from None
+
+    def references(self, config: dict) -> dict[str, str]:
+        return {"llm": config["llm"]} if config.get("llm") and not config.get("lm") else {}
+
+    def bind_references(self, config: dict, sources: dict[str, str]) -> dict:
+        config = copy.deepcopy(config)
+        if "llm" in sources:
+            config["llm"] = str(sources["llm"])
+            config["lm"] = _text_family().config_to_dict(
+                _text_family().load_config(str(sources["llm"])))
+        return config
+
+    def processor_source(self, config: dict) -> str | None:
+        return config.get("llm")
+
+    def fit_config(self, config: dict, processor: Any) -> dict:
+        config = copy.deepcopy(config)
+        if config.get("lm") is None:
+            raise MoxinError("A vlm preset needs its language model: set `llm` in the preset "
+                             "(a folder, hub id or variant:NAME) and train it with moxin train.")
+        config["lm"]["vocab_size"] = max(int(config["lm"]["vocab_size"]), len(processor))
+        return config
+
+    def config_to_dict(self, config: dict) -> dict:
+        return copy.deepcopy(config)
+
+    def config_from_dict(self, data: dict) -> dict:
+        return copy.deepcopy(data)
+
+    def max_length(self, config: dict) -> int | None:
+        lm = config.get("lm") or {}
+        length = lm.get("max_position_embeddings")
+        if length is None:
+            return None
+        with torch.device("meta"):
+            patches = int(build_encoder(config["encoder"]).num_patches)
+        return int(length) - patches
+
+    def vocab_size(self, config: dict) -> int | None:
+        return (config.get("lm") or {}).get("vocab_size")
+
+    def describe(self, config: dict) -> dict:
+        with torch.device("meta"):
+            model = self._build(config, pretrained_lm=False)
+        parts = {name: sum(p.numel() for p in getattr(model, name).parameters())
+                 for name in ("vision", "projector", "language_model")}
+        return {"parameters": sum(parts.values()), "parts": parts,
+                "config": self.config_to_dict(config), "max_length": self.max_length(config)}
+
+    # -- models
+    def _build(self, config: dict, pretrained_lm: bool) -> VisionLanguageModel:
+        text = _text_family()
+        lm_config = text.config_from_dict(config["lm"])
+        if pretrained_lm and config.get("llm"):
+            language_model = text.load(config["llm"])
+            if language_model.config.vocab_size < lm_config.vocab_size:
+                language_model.resize_token_embeddings(lm_config.vocab_size)
+        else:
+            language_model = text.build(lm_config)
+        return VisionLanguageModel(config, language_model)
+
+    def build(self, config: dict) -> VisionLanguageModel:
+        """The language model from ``llm`` (its trained weights), a new projector, the encoder
+        (random unless its options name weights)."""
+        return self._build(config, pretrained_lm=True).train()
+
+    def load(self, source: str) -> VisionLanguageModel:
+        from safetensors.torch import load_file
+
+        folder = Path(source)
+        config = self.load_config(source)
+        language_model = _text_family().load(str(folder / LM_DIR))
+        model = VisionLanguageModel(config, language_model)
+        for part in ("vision", "projector"):
+            path = folder / f"{part}.safetensors"
+            if not path.is_file():
+                raise MoxinError(f"{folder} is missing {path.name}; it is not a complete VLM.")
+            getattr(model, part).load_state_dict(load_file(str(path)))
+        return model.train()
+
+    def save(self, model: VisionLanguageModel, processor: VLMProcessor, out: Path,
+             processor_source: str | Path | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        text = _text_family()
+        text.save(model.language_model, processor.tokenizer, out / LM_DIR,
+                  _tokenizer_source(processor, processor_source))
+        for part in ("vision", "projector"):
+            state = {k: v.detach().contiguous().cpu()
+                     for k, v in getattr(model, part).state_dict().items()}
+            save_file(state, str(out / f"{part}.safetensors"))
+        config = self.config_to_dict(model.config)
+        config["lm"] = text.config_to_dict(model.language_model.config)
+        config.pop("llm", None)  # built: the weights are here now
+        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        self._save_image(processor, out)
+        (out / "moxin.json").write_text(json.dumps({"family": self.name}) + "\n")
+        return out
+
+    def block_types(self, model: torch.nn.Module) -> tuple[type, ...]:
+        return _text_family().block_types(model.language_model)
+
+    # -- processors
+    def load_processor(self, source: str | Path) -> VLMProcessor:
+        folder = Path(source)
+        tokenizer_dir = folder / LM_DIR if (folder / LM_DIR).is_dir() else folder
+        if (folder / "tokenizer").is_dir() and \
+                not (tokenizer_dir / "tokenizer_config.json").exists():
+            tokenizer_dir = folder / "tokenizer"
+        tokenizer = _text_family().load_processor(str(tokenizer_dir))
+        transform = None
+        if (folder / IMAGE_FILE).is_file():
+            transform = ImageTransform(**json.loads((folder / IMAGE_FILE).read_text()))
+        return VLMProcessor(tokenizer, transform, tokenizer_dir)
+
+    def fit_processor(self, processor: Any, config: dict) -> VLMProcessor:
+        if not isinstance(processor, VLMProcessor):  # a plain tokenizer
+            processor = VLMProcessor(processor)
+        if processor.transform is None:
+            with torch.device("meta"):
+                processor.transform = build_encoder(config["encoder"]).transform
+        return processor
+
+    def save_processor(self, processor: VLMProcessor, out: Path,
+                       source: str | Path | None = None) -> None:
+        out = Path(out)
+        _text_family().save_processor(processor.tokenizer, out,
+                                      _tokenizer_source(processor, source))
+        self._save_image(processor, out)
+
+    def _save_image(self, processor: VLMProcessor, out: Path) -> None:
+        if processor.transform is not None:
+            (Path(out) / IMAGE_FILE).write_text(json.dumps(processor.transform.to_dict()) + "\n")
+
+
+def _tokenizer_source(processor: VLMProcessor, source: str | Path | None):
+    if processor.tokenizer_source is not None:
+        return processor.tokenizer_source
+    if source is not None and (Path(source) / LM_DIR).is_dir():
+        return Path(source) / LM_DIR
+    return source

@@ -1,0 +1,120 @@
+"""The VLM: patches after BOS, masks and labels, mixed batches, frozen parts per stage, saving
+and reloading in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from moxin_core.api import IGNORE_INDEX
+from moxin_plugin_vlm.objective import VisionLanguageSFT
+
+from vlm_models import tiny_vlm
+
+
+def _batch(processor, rows=2):
+    objective = VisionLanguageSFT()
+    builder = objective.example_builder(processor, 64)
+    records = [{"image": Image.new("RGB", (32, 32), (200, 20, 20)),
+                "conversations": [{"from": "human", "value": "<image>\nWhat colour is it?"},
+                                  {"from": "gpt", "value": "red"}]},
+               {"conversations": [{"from": "human", "value": "Say hi."},
+                                  {"from": "gpt", "value": "hi there"}]}][:rows]
+    return objective, objective.collate([e for r in records for e in builder.feed(r)])
+
+
+def test_patches_go_after_bos_and_carry_no_loss(lm_folder):
+    model, processor, _ = tiny_vlm(lm_folder)
+    model.eval()
+    _, batch = _batch(processor)
+    embeds, mask, labels = model.merge(batch["input_ids"], batch["attention_mask"],
+                                       batch["labels"], batch["pixel_values"], batch["has_image"])
+    P, L = model.num_patches, batch["input_ids"].shape[1]
+    text = model.language_model.get_input_embeddings()(batch["input_ids"])
+    images = model.image_embeddings(batch["pixel_values"])
+    assert embeds.shape[1] == L + P
+    # image row: BOS, P patches, then the text
+    torch.testing.assert_close(embeds[0, 0], text[0, 0])
+    torch.testing.assert_close(embeds[0, 1:1 + P], images[0])
+    torch.testing.assert_close(embeds[0, 1 + P:], text[0, 1:])
+    assert (labels[0, 1:1 + P] == IGNORE_INDEX).all() and mask[0, :1 + P].all()
+    assert torch.equal(labels[0, 1 + P:], batch["labels"][0, 1:])
+    # text row: the text as it is, then P masked slots without loss
+    torch.testing.assert_close(embeds[1, :L], text[1])
+    assert not mask[1, L:].any() and (labels[1, L:] == IGNORE_INDEX).all()
+    assert torch.equal(mask[1, :L], batch["attention_mask"][1])
+
+
+def test_a_text_row_in_a_mixed_batch_computes_what_the_language_model_alone_does(lm_folder):
+    model, processor, _ = tiny_vlm(lm_folder)
+    model.eval()
+    _, batch = _batch(processor)
+    with torch.no_grad():
+        mixed = model(**batch).logits[1]
+        n = int(batch["attention_mask"][1].sum())
+        alone = model.language_model(input_ids=batch["input_ids"][1:, :n]).logits[0]
+    torch.testing.assert_close(mixed[:n], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("trainable,trained", [("align", {"projector"}),
+                                               ("finetune", {"projector", "language_model"}),
+                                               ("full-finetune",
+                                                {"projector", "language_model", "vision"})])
+def test_frozen_parts_are_bit_identical_after_a_step(lm_folder, trainable, trained):
+    model, processor, _ = tiny_vlm(lm_folder)
+    objective, batch = _batch(processor)
+    objective = VisionLanguageSFT(trainable=trainable)
+    objective.setup(SimpleNamespace(model=model))
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss, _ = objective.loss(model, batch)
+    loss.backward()
+    optimizer.step()
+    for part in ("vision", "projector", "language_model"):
+        keys = [k for k in before if k.startswith(part + ".")]
+        changed = [k for k in keys if not torch.equal(before[k], model.state_dict()[k])]
+        if part in trained:
+            assert changed, f"{part} did not train under {trainable}"
+        else:
+            assert not changed, f"{part} changed under {trainable}: {changed[:3]}"
+
+
+def test_saved_vlm_reloads_in_a_fresh_process_and_its_lm_is_a_plain_hf_folder(lm_folder,
+                                                                             tmp_path):
+    model, processor, family = tiny_vlm(lm_folder)
+    model.eval()
+    _, batch = _batch(processor, rows=1)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    out = family.save(model, processor, tmp_path / "vlm")
+    torch.save(batch, tmp_path / "batch.pt")
+    script = (
+        "import sys, torch\n"
+        "from moxin_core.api import load_model\n"
+        "model, processor, family = load_model(sys.argv[1])\n"
+        "batch = torch.load(sys.argv[2])\n"
+        "with torch.no_grad(): torch.save(model(**batch).logits, sys.argv[3])\n"
+        "print(family.name, processor.transform.size)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "batch.pt"),
+                           str(tmp_path / "logits.pt")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["vlm", "32"]
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected)
+    saved = json.loads((out / "vlm.json").read_text())
+    assert "llm" not in saved and saved["projector"] == "gelu-mlp"
+    # lm/ is a transformers folder with the tokenizer: no moxin needed to load it
+    plain = ("import sys; from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+             "m = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+             "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+             "print(type(m).__name__, t.chat_template is not None)\n")
+    done = subprocess.run([sys.executable, "-c", plain, str(out / "lm")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["MistralForCausalLM", "True"]

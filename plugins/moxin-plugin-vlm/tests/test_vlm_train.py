@@ -1,0 +1,96 @@
+"""`moxin train moxin-tiny-vlm`: built from the instruct run's model, trained, evaluated, saved,
+and resumed bit-identically after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from moxin_core.api import load_model
+from moxin_core.reporting import sha256_file
+from moxin_core.training.stage import train_variant
+
+SETS = ["micro_batch_size=4", "log_every=1", "vlm.evaluators=[{name: heldout-shapes, num: 12}]"]
+
+
+def _run_folder(tmp_path, lm_folder):
+    """A run folder whose moxin-tiny-instruct result (its `dpo` stage) is the tiny LM."""
+    out = tmp_path / "run"
+    shutil.copytree(lm_folder, out / "dpo" / "hf")
+    return out
+
+
+def test_tiny_vlm_trains_from_the_instruct_run_and_reloads(tmp_path, lm_folder):
+    out = _run_folder(tmp_path, lm_folder)
+    (result,) = train_variant("moxin-tiny-vlm", out, sets=[*SETS, "max_steps=3"])
+    stage = out / "vlm"
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and result.steps == 3
+    config = yaml.safe_load((stage / "config.yaml").read_text())
+    assert config["references"] == {"llm": str(out / "dpo" / "hf")}
+    assert config["tokenizer"] == str(out / "dpo" / "hf")
+    assert manifest["data"]["stats"]["images"] == 12
+    scores = json.loads((stage / "eval.json").read_text())["heldout-shapes"]
+    assert scores["n"] == 12 and 0.0 <= scores["accuracy"] <= 1.0 and scores["chance"] > 0.2
+    model, processor, family = load_model(str(stage))
+    assert family.name == "vlm" and processor.transform.size == 32
+    assert (stage / "tokenizer" / "image.json").exists()
+    assert sorted(p.name for p in (stage / "hf").iterdir()) == [
+        "image.json", "lm", "moxin.json", "projector.safetensors", "vision.safetensors",
+        "vlm.json"]
+
+
+def test_text_model_stage_refuses_the_vlm_objective(tmp_path, lm_folder):
+    from moxin_core.errors import MoxinError
+
+    out = _run_folder(tmp_path, lm_folder)
+    with pytest.raises(MoxinError, match="needs a vision-language model"):
+        train_variant("moxin-tiny-vlm", out, sets=[*SETS, "max_steps=1",
+                                                   f"vlm.model={out / 'dpo' / 'hf'}"])
+
+
+def _command(out):
+    sets = [*SETS, "max_steps=6", "checkpoint_every=3", "keep_checkpoints=3",
+            "vlm.evaluators=[]"]
+    return [sys.executable, "-m", "moxin_core.cli", "train", "moxin-tiny-vlm", "--out", str(out),
+            *sum((["--set", s] for s in sets), [])]
+
+
+def _env():
+    drop = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+            "GROUP_RANK", "NODE_RANK")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stage_then_resume_is_bit_identical(tmp_path, lm_folder):
+    full_out = _run_folder(tmp_path / "full", lm_folder)
+    full = subprocess.run(_command(full_out), capture_output=True, text=True, env=_env(),
+                          timeout=900)
+    assert full.returncode == 0, full.stderr[-3000:]
+    files = ("vision.safetensors", "projector.safetensors", "lm/model.safetensors")
+    reference = [sha256_file(full_out / "vlm" / "hf" / f) for f in files]
+
+    out = _run_folder(tmp_path / "killed", lm_folder)
+    process = subprocess.Popen(_command(out), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=_env())
+    marker = out / "vlm" / "checkpoints" / "step=000003.ckpt"
+    deadline = time.time() + 600
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL and marker.exists()
+    assert not (out / "vlm" / "hf").exists()
+    resumed = subprocess.run([*_command(out), "--resume"], capture_output=True, text=True,
+                             env=_env(), timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [sha256_file(out / "vlm" / "hf" / f) for f in files] == reference
