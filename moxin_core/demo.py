@@ -2,10 +2,11 @@
 
 Tokenizer -> ``moxin-tiny-base`` (three pretraining phases) -> ``moxin-tiny-instruct`` (SFT, DPO)
 with held-out accuracy after each -> ``moxin-tiny-reasoning`` (reasoning SFT, GRPO) with held-out
-maths accuracy before and after GRPO -> HF export of the instruct model -> GGUF ``q8_0`` export
-answering one chat turn through llama.cpp. The instruct, reasoning and GGUF steps come from
-plugins (looked up by registry name, the core never imports them) and are skipped with a note
-when those plugins are not installed.
+maths accuracy before and after GRPO -> ``moxin-tiny-vlm`` (a vision encoder and projector on the
+instruct model, trained on pictures of shapes) with held-out accuracy against chance -> HF export
+of the instruct model -> GGUF ``q8_0`` export answering one chat turn through llama.cpp. The
+instruct, reasoning, VLM and GGUF steps come from plugins (looked up by registry name, the core
+never imports them) and are skipped with a note when those plugins are not installed.
 Figures are printed and stored in ``<out>/demo_summary.json``.
 """
 
@@ -27,6 +28,8 @@ from moxin_core.training.stage import run_evaluators, train_variant
 DEMO_VARIANT = "moxin-tiny-base"
 INSTRUCT_VARIANT = "moxin-tiny-instruct"
 REASONING_VARIANT = "moxin-tiny-reasoning"
+VLM_VARIANT = "moxin-tiny-vlm"
+SHAPES_EVALUATOR = "heldout-shapes"
 ARITHMETIC_EVALUATOR = "heldout-arithmetic"
 MATH_EVALUATOR = "heldout-math"
 DEMO_PROMPT = "Question: Mia has 12 apples. She buys 7 more apples."
@@ -52,7 +55,8 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
     instruct = _has(registry, "variants", INSTRUCT_VARIANT)
     gguf = _has(registry, "exporters", "gguf")
     reasoning = instruct and _has(registry, "variants", REASONING_VARIANT)
-    steps = 5 + instruct + reasoning + gguf
+    vision = instruct and _has(registry, "variants", VLM_VARIANT)
+    steps = 5 + instruct + reasoning + vision + gguf
     step = iter(range(1, steps + 1))
     first = resolve_model(registry, variant.stages[0].model)
     vocab = first.family.vocab_size(first.config())
@@ -83,6 +87,16 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
         results += reasoned
     elif instruct:
         print("(moxin-plugin-reasoning is not installed: skipping reasoning SFT and GRPO)")
+    shapes: dict[str, float] = {}
+    if vision:
+        print(f"[{next(step)}/{steps}] Vision-language model {VLM_VARIANT}: a vision encoder and "
+              "projector on the instruct model, trained on pictures of shapes ...")
+        seen = train_variant(VLM_VARIANT, out, registry=registry)
+        shapes = next((r.evals[SHAPES_EVALUATOR] for r in seen if SHAPES_EVALUATOR in r.evals),
+                      {})
+        results += seen
+    elif instruct:
+        print("(moxin-plugin-vlm is not installed: skipping the vision-language model)")
     print(f"[{next(step)}/{steps}] Exporting the final model to HF format ...")
     export_dir = export_hf(final, out / "export-hf", force=True, registry=registry)
     print(f"[{next(step)}/{steps}] Generating a sample ...")
@@ -101,7 +115,8 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
 
     print("\n" + "=" * 76)
     print(f"moxin demo: {DEMO_VARIANT}" + (f" + {INSTRUCT_VARIANT}" if instruct else "")
-          + (f" + {REASONING_VARIANT}" if reasoning else "") + f" in {wall:.0f} s")
+          + (f" + {REASONING_VARIANT}" if reasoning else "")
+          + (f" + {VLM_VARIANT}" if vision else "") + f" in {wall:.0f} s")
     for r in results:
         rewards = metric_ends(r.out_dir, "train/reward", REWARD_WINDOW)
         if rewards:  # an RL stage: its loss says little, the reward says how it went
@@ -131,6 +146,10 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
         (before, low), (after, high) = list(maths.items())[0], list(maths.items())[-1]
         gain = 100 * (high["pass@1"] - low["pass@1"])
         print(f"  GRPO changed held-out maths pass@1 by {gain:+.1f} points ({before} -> {after})")
+    if shapes:
+        print(f"  held-out shapes questions (VLM): {shapes['accuracy']:.0%} right, chance "
+              f"{shapes['chance']:.0%}; colour and shape {shapes['accuracy/colour+shape']:.0%}, "
+              f"chance {shapes['chance/colour+shape']:.0%} ({shapes['n']:.0f} questions)")
     print(f"  HF export:   {export_dir}  (AutoModelForCausalLM.from_pretrained loads it)")
     print(f"  loss plots:  {out}/<stage>/loss.png")
     print(f"  prompt:      {DEMO_PROMPT}")
@@ -149,6 +168,7 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
         "heldout_arithmetic_accuracy": {k: v["accuracy"] for k, v in accuracy.items()},
         "heldout_reward_accuracy": preference["reward_accuracy"] if preference else None,
         "heldout_math_accuracy": {k: v["pass@1"] for k, v in maths.items()},
+        "heldout_shapes": shapes or None,
         "hf_export": str(export_dir),
         "sample": {"prompt": DEMO_PROMPT, "completion": sample},
         "gguf": str(gguf_path) if gguf_path else None,

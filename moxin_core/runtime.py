@@ -50,9 +50,15 @@ def check_messages(messages: Any, where: str = "conversation") -> list[Message]:
 
 
 class Runtime(ABC):
-    """A loaded model that generates text. Subclasses are registered by name."""
+    """A loaded model that generates text. Subclasses are registered by name.
+
+    A runtime of a vision-language model sets ``takes_images = True``; its ``complete`` and
+    ``chat`` then take ``image=`` (a path or a PIL image), which ``moxin generate/chat --image``
+    passes. Other runtimes refuse an image with a clear error.
+    """
 
     name = "runtime"
+    takes_images: bool = False
 
     @classmethod
     @abstractmethod
@@ -157,28 +163,47 @@ def _check_generation(max_new_tokens: int, temperature: float) -> None:
         raise MoxinError(f"--temperature must be >= 0 (0 = greedy), got {temperature}.")
 
 
+def _image_options(engine: Runtime, model: str, image: Any) -> dict[str, Any]:
+    """``{"image": image}`` for a runtime that takes images; an error for one that does not."""
+    if image is None:
+        return {}
+    if not engine.takes_images:
+        raise MoxinError(f"{model} is a text model (runtime {engine.name}); --image needs a "
+                         "vision-language model (moxin-plugin-vlm).")
+    if isinstance(image, (str, Path)) and not Path(image).expanduser().is_file():
+        raise MoxinError(f"--image {image}: no such file.")
+    return {"image": image}
+
+
 def generate(model: str, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
-             chat: bool = False, runtime: str | None = None, registry: Any = None) -> str:
-    """Complete ``prompt`` (or answer it as a chat turn) with any model a runtime can load."""
+             chat: bool = False, runtime: str | None = None, registry: Any = None,
+             image: Any = None) -> str:
+    """Complete ``prompt`` (or answer it as a chat turn) with any model a runtime can load;
+    ``image`` (a path) goes with the prompt to a vision-language model."""
     _check_generation(max_new_tokens, temperature)
     engine = load_runtime(model, registry, runtime)
+    extra = _image_options(engine, model, image)
     if chat:
-        return engine.chat([{"role": "user", "content": prompt}], max_new_tokens, temperature)
-    return engine.complete(prompt, max_new_tokens, temperature)
+        return engine.chat([{"role": "user", "content": prompt}], max_new_tokens, temperature,
+                           **extra)
+    return engine.complete(prompt, max_new_tokens, temperature, **extra)
 
 
 def chat(model: str, messages: Sequence[str] = (), system: str | None = None,
          max_new_tokens: int = 256, temperature: float = 0.0, runtime: str | None = None,
-         stdin: Any = None, stdout: Any = None, registry: Any = None) -> list[dict[str, str]]:
+         stdin: Any = None, stdout: Any = None, registry: Any = None,
+         image: Any = None) -> list[dict[str, str]]:
     """Talk to ``model`` under its chat template; returns the conversation.
 
     With ``messages`` each one is sent as a user turn in order and the replies are printed;
     without, turns are read from ``stdin`` (``/reset`` starts over, ``/exit`` or end of input
-    stops).
+    stops). ``image`` (a path) is the picture the conversation is about (a vision-language
+    model).
     """
     _check_generation(max_new_tokens, temperature)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     engine = load_runtime(model, registry, runtime)
+    extra = _image_options(engine, model, image)
     start = [{"role": "system", "content": system}] if system else []
     conversation = list(start)
     interactive = not messages
@@ -205,7 +230,7 @@ def chat(model: str, messages: Sequence[str] = (), system: str | None = None,
         if not text.strip():
             continue
         conversation.append({"role": "user", "content": text})
-        reply = engine.chat(conversation, max_new_tokens, temperature)
+        reply = engine.chat(conversation, max_new_tokens, temperature, **extra)
         conversation.append({"role": "assistant", "content": reply})
         print(f"assistant> {reply}" if interactive or len(messages) > 1 else reply, file=stdout,
               flush=True)

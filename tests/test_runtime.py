@@ -100,3 +100,48 @@ def test_generation_settings_are_checked(echo_registry):
         chat("m.echo", ["x"], temperature=-1, registry=echo_registry)
     with pytest.raises(MoxinError, match="--max-new-tokens must be positive"):
         chat("m.echo", ["x"], max_new_tokens=0, registry=echo_registry)
+
+
+class PictureRuntime(EchoRuntime):
+    """Takes images: says which picture it was given."""
+
+    name = "picture"
+    takes_images = True
+
+    @classmethod
+    def accepts(cls, model: str) -> bool:
+        return model.endswith(".picture")
+
+    def complete(self, prompt, max_new_tokens=64, temperature=0.0, image=None):
+        return f"{prompt} about {image}"
+
+    def chat(self, messages, max_new_tokens=256, temperature=0.0, image=None):
+        return f"{len(messages)} turns about {image}"
+
+
+def test_images_reach_runtimes_that_take_them_and_text_runtimes_refuse_them(tmp_path):
+    from moxin_core.runtime import generate
+
+    class Plugin:
+        @hookimpl
+        def moxin_runtimes(self):
+            return {"echo": EchoRuntime, "picture": PictureRuntime}
+
+    pm = get_plugin_manager()
+    pm.register_plugin(Plugin(), name="pictures", distribution="moxin-plugin-pictures",
+                       version="0")
+    registry = Registry(pm)
+    image = tmp_path / "cat.png"
+    image.write_bytes(b"png")
+    assert generate("m.picture", "tell", image=str(image), registry=registry) == \
+        f"tell about {image}"
+    out = io.StringIO()
+    chat("m.picture", ["one", "two"], image=str(image), stdout=out, registry=registry)
+    assert out.getvalue().splitlines() == [f"assistant> 1 turns about {image}",
+                                           f"assistant> 3 turns about {image}"]
+    # no image: runtimes are called as before
+    assert generate("m.echo", "abc", registry=registry) == "cba"
+    with pytest.raises(MoxinError, match=r"m.echo is a text model \(runtime echo\); --image"):
+        generate("m.echo", "abc", image=str(image), registry=registry)
+    with pytest.raises(MoxinError, match="--image .*nope.png: no such file"):
+        generate("m.picture", "abc", image=str(tmp_path / "nope.png"), registry=registry)

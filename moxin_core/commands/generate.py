@@ -19,12 +19,13 @@ class GenerateCommand(Command):
         parser.add_argument("--max-new-tokens", type=int, default=64)
         parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
         parser.add_argument("--chat", action="store_true", help="send the prompt as a chat turn")
+        parser.add_argument("--image", help="a picture for a vision-language model")
         parser.add_argument("--runtime",
                             help="runtime name (default: the first that accepts MODEL)")
 
     def run(self, args: argparse.Namespace, registry: Any) -> int:
         print(generate(args.model, args.prompt, args.max_new_tokens, args.temperature,
-                       args.chat, args.runtime, registry))
+                       args.chat, args.runtime, registry, image=args.image))
         return 0
 
 
@@ -38,10 +39,12 @@ class ChatCommand(Command):
         parser.add_argument("--system", help="system prompt")
         parser.add_argument("--max-new-tokens", type=int, default=256)
         parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+        parser.add_argument("--image", help="the picture the conversation is about "
+                                            "(a vision-language model)")
         parser.add_argument("--runtime",
                             help="runtime name (default: the first that accepts MODEL)")
 
     def run(self, args: argparse.Namespace, registry: Any) -> int:
         chat(args.model, args.messages, args.system, args.max_new_tokens, args.temperature,
-             args.runtime, registry=registry)
+             args.runtime, registry=registry, image=args.image)
         return 0

@@ -2,9 +2,10 @@
 
 Greedy replies (a few tokens) to the first ``num`` held-out pictures' questions, asked with the
 training prompt; a reply is right when its first word is the answer (case and punctuation
-ignored). Scores: ``accuracy`` over the one-word question types, ``accuracy/<type>`` for each,
-``chance`` (the accuracy of guessing uniformly within each type, averaged over the questions
-asked) and ``n``. Captions are not scored.
+ignored). Scores: ``accuracy`` over the one-word question types, ``accuracy/<type>`` and
+``n/<type>`` for each, ``chance`` (the accuracy of guessing uniformly within each type, averaged
+over the questions asked), ``n``, and ``accuracy/colour+shape`` with ``chance/colour+shape`` over the colour and
+shape questions together. Captions are not scored.
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ class HeldoutShapes:
                   "chance": sum(len(right[k]) / len(ANSWERS[k]) for k in asked) / total,
                   "n": float(total)}
         scores.update({f"accuracy/{k}": sum(right[k]) / len(right[k]) for k in asked})
+        scores.update({f"n/{k}": float(len(right[k])) for k in asked})
+        seen = [k for k in ("colour", "shape") if right[k]]
+        if seen:  # what a picture shows, as against counting and placing
+            n = sum(len(right[k]) for k in seen)
+            scores["accuracy/colour+shape"] = sum(sum(right[k]) for k in seen) / n
+            scores["chance/colour+shape"] = sum(len(right[k]) / len(ANSWERS[k])
+                                                for k in seen) / n
         return scores
 
 

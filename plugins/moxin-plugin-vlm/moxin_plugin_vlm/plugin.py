@@ -52,3 +52,10 @@ def moxin_variants():
     from moxin_plugin_vlm.recipes import VARIANTS
 
     return dict(VARIANTS)
+
+
+@hookimpl
+def moxin_runtimes():
+    from moxin_plugin_vlm.runtime import VLMRuntime
+
+    return {"vlm": VLMRuntime}

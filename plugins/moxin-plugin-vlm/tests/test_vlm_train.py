@@ -28,9 +28,15 @@ def _run_folder(tmp_path, lm_folder):
     return out
 
 
-def test_tiny_vlm_trains_from_the_instruct_run_and_reloads(tmp_path, lm_folder):
-    out = _run_folder(tmp_path, lm_folder)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, lm_folder):
+    out = _run_folder(tmp_path_factory.mktemp("vlm-train"), lm_folder)
     (result,) = train_variant("moxin-tiny-vlm", out, sets=[*SETS, "max_steps=3"])
+    return out, result
+
+
+def test_tiny_vlm_trains_from_the_instruct_run_and_reloads(trained):
+    out, result = trained
     stage = out / "vlm"
     manifest = json.loads((stage / "manifest.json").read_text())
     assert manifest["status"] == "complete" and result.steps == 3
@@ -46,6 +52,49 @@ def test_tiny_vlm_trains_from_the_instruct_run_and_reloads(tmp_path, lm_folder):
     assert sorted(p.name for p in (stage / "hf").iterdir()) == [
         "image.json", "lm", "moxin.json", "projector.safetensors", "vision.safetensors",
         "vlm.json"]
+
+
+def test_generate_and_chat_with_an_image(trained, tmp_path, capsys):
+    import torch
+    from PIL import Image
+
+    from moxin_core.cli import main
+    from moxin_core.errors import MoxinError
+    from moxin_core.runtime import chat, generate, load_runtime
+
+    out, _ = trained
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (50, 40), (220, 30, 30)).save(picture)
+    engine = load_runtime(str(out / "vlm"))
+    assert engine.name == "vlm" and engine.takes_images
+    reply = generate(str(out / "vlm"), "What colour is the shape?", max_new_tokens=4, chat=True,
+                     image=str(picture))
+    # the same as the model asked directly: chat prompt, patches of this picture after BOS
+    tok = engine.tokenizer
+    ids = tok.apply_chat_template([{"role": "user", "content": "What colour is the shape?"}],
+                                  add_generation_prompt=True, tokenize=True,
+                                  return_dict=True)["input_ids"]
+    pixels = engine.processor.image(Image.open(picture))[None]
+    direct = engine.model.generate(torch.tensor([list(ids)]), pixel_values=pixels,
+                                   max_new_tokens=4, do_sample=False,
+                                   eos_token_id=[tok.eos_token_id, *engine_stops(tok)],
+                                   pad_token_id=tok.eos_token_id)
+    assert reply == tok.decode(direct[0], skip_special_tokens=True).strip()
+    assert main(["generate", str(out / "vlm"), "--image", str(picture), "--prompt", "Colour?",
+                 "--max-new-tokens", "3"]) == 0
+    conversation = chat(str(out / "vlm"), ["What shape is it?", "And its colour?"],
+                        max_new_tokens=3, image=str(picture), stdout=open(os.devnull, "w"))
+    assert [m["role"] for m in conversation] == ["user", "assistant"] * 2
+    with pytest.raises(MoxinError, match="no such file"):
+        generate(str(out / "vlm"), "hi", image=str(tmp_path / "missing.png"))
+    with pytest.raises(MoxinError, match="is a text model .*--image needs a vision-language"):
+        generate(str(out / "dpo" / "hf"), "hi", max_new_tokens=2, image=str(picture))
+
+
+def engine_stops(tokenizer):
+    from moxin_core.api import reply_stop_ids
+
+    return list(reply_stop_ids(tokenizer))
 
 
 def test_text_model_stage_refuses_the_vlm_objective(tmp_path, lm_folder):
