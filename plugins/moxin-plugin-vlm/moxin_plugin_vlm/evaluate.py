@@ -4,8 +4,8 @@ Greedy replies (a few tokens) to the first ``num`` held-out pictures' questions,
 training prompt; a reply is right when its first word is the answer (case and punctuation
 ignored). Scores: ``accuracy`` over the one-word question types, ``accuracy/<type>`` and
 ``n/<type>`` for each, ``chance`` (the accuracy of guessing uniformly within each type, averaged
-over the questions asked), ``n``, and ``accuracy/colour+shape`` with ``chance/colour+shape`` over the colour and
-shape questions together. Captions are not scored.
+over the questions asked), ``n``, and ``accuracy/colour+shape`` with ``chance/colour+shape``
+over the colour and shape questions together. Captions are not scored.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ A preset's config is a dict::
 
     {"encoder": {"name": "tiny-vit", "options": {}},   # a vision encoder and its options
      "projector": "gelu-mlp",                          # linear | gelu-mlp | fused-gelu-mlp
-     "llm": "variant:moxin-tiny-instruct"}             # the language model it is built from
+     "llm": "variant:moxin-tiny-instruct",             # the language model it is built from
+     "pad_token": "<PAD>",                             # added when the tokenizer has none
+     "pad_to_multiple_of": 64}                         # embedding rows (32000 -> 32064)
 
 ``llm`` is a model reference like a stage's ``model`` (a folder, a hub id, ``previous`` or
 ``variant:NAME``): ``moxin train`` resolves it and the VLM is built from that language model's
@@ -100,7 +102,9 @@ class VLMFamily(ModelFamily):
         if config.get("lm") is None:
             raise MoxinError("A vlm preset needs its language model: set `llm` in the preset "
                              "(a folder, hub id or variant:NAME) and train it with moxin train.")
-        config["lm"]["vocab_size"] = max(int(config["lm"]["vocab_size"]), len(processor))
+        vocab = max(int(config["lm"]["vocab_size"]), len(processor))
+        multiple = int(config.get("pad_to_multiple_of") or 1)
+        config["lm"]["vocab_size"] = -(-vocab // multiple) * multiple
         return config
 
     def config_to_dict(self, config: dict) -> dict:
@@ -135,11 +139,14 @@ class VLMFamily(ModelFamily):
         lm_config = text.config_from_dict(config["lm"])
         if pretrained_lm and config.get("llm"):
             language_model = text.load(config["llm"])
-            if language_model.config.vocab_size < lm_config.vocab_size:
-                language_model.resize_token_embeddings(lm_config.vocab_size)
         else:
             language_model = text.build(lm_config)
-        return VisionLanguageModel(config, language_model)
+        model = VisionLanguageModel(config, language_model)
+        if language_model.config.vocab_size < lm_config.vocab_size:
+            # rows for <PAD> and up to the multiple of 64 (after the projector's and encoder's
+            # random weights are drawn, so those do not depend on the vocabulary)
+            language_model.resize_token_embeddings(lm_config.vocab_size, mean_resizing=False)
+        return model
 
     def build(self, config: dict) -> VisionLanguageModel:
         """The language model from ``llm`` (its trained weights), a new projector, the encoder
@@ -200,6 +207,9 @@ class VLMFamily(ModelFamily):
     def fit_processor(self, processor: Any, config: dict) -> VLMProcessor:
         if not isinstance(processor, VLMProcessor):  # a plain tokenizer
             processor = VLMProcessor(processor)
+        pad = config.get("pad_token")
+        if pad and processor.tokenizer.pad_token is None:  # prismatic adds <PAD>
+            processor.tokenizer.add_special_tokens({"pad_token": pad})
         if processor.transform is None:
             with torch.device("meta"):
                 processor.transform = build_encoder(config["encoder"]).transform

@@ -24,13 +24,15 @@ def moxin_vlm_preset() -> ModelPreset:
                                            "options": {"image_size": 224,
                                                        "image_resize": "resize-naive"}},
                                "projector": "fused-gelu-mlp",
-                               "llm": "moxin-org/moxin-instruct-7b"},
+                               "llm": "moxin-org/moxin-instruct-7b",
+                               "pad_token": "<PAD>", "pad_to_multiple_of": 64},
                        "Moxin-7B-VLM: dinosiglip-224px + fused-gelu-mlp + Moxin-7B-Instruct")
 
 
 def moxin_tiny_vlm_preset() -> ModelPreset:
     return ModelPreset("vlm", {"encoder": {"name": "tiny-vit", "options": {}},
-                               "projector": "gelu-mlp", "llm": "variant:moxin-tiny-instruct"},
+                               "projector": "gelu-mlp", "llm": "variant:moxin-tiny-instruct",
+                               "pad_token": "<PAD>", "pad_to_multiple_of": 64},
                        "tiny VLM: 2-block ViT (32 px, 16 patches) + gelu-mlp + moxin-tiny-instruct")
 
 

@@ -118,3 +118,23 @@ def test_saved_vlm_reloads_in_a_fresh_process_and_its_lm_is_a_plain_hf_folder(lm
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["MistralForCausalLM", "True"]
+
+
+def test_pad_token_added_and_embedding_rows_padded_to_a_multiple_of_64(lm_folder, tmp_path):
+    from moxin_core.tokenizer import load_tokenizer
+
+    original = load_tokenizer(lm_folder)
+    assert original.pad_token is None
+    model, processor, family = tiny_vlm(lm_folder)
+    tok = processor.tokenizer
+    assert tok.pad_token == "<PAD>" and len(tok) == len(original) + 1
+    rows = model.language_model.get_input_embeddings().weight.shape[0]
+    assert rows % 64 == 0 and rows >= len(tok) and rows - 64 < len(tok)
+    assert model.language_model.get_output_embeddings().weight.shape[0] == rows
+    # batches pad with <PAD>; the saved folder keeps the token and the padded rows
+    _, batch = _batch(processor)
+    assert batch["input_ids"][1, -1].item() == tok.pad_token_id
+    out = family.save(model, processor, tmp_path / "vlm")
+    reloaded = family.load_processor(out).tokenizer
+    assert reloaded.pad_token == "<PAD>" and reloaded.pad_token_id == tok.pad_token_id
+    assert json.loads((out / "vlm.json").read_text())["lm"]["vocab_size"] == rows

@@ -23,7 +23,7 @@ def tiny_vlm(llm_folder, seed: int = 0, projector: str = "gelu-mlp"):
 
     family = VLMFamily()
     config = {"encoder": {"name": "tiny-vit", "options": {}}, "projector": projector,
-              "llm": str(llm_folder)}
+              "llm": str(llm_folder), "pad_token": "<PAD>", "pad_to_multiple_of": 64}
     config = family.bind_references(config, {"llm": str(llm_folder)})
     processor = family.fit_processor(family.load_processor(llm_folder), config)
     config = family.fit_config(config, processor)
