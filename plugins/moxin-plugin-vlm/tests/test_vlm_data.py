@@ -109,3 +109,30 @@ def test_llava_files_and_bad_records_name_the_record(processor, tmp_path):
         records = source.iter_from(line)  # continue after the bad record
     with pytest.raises(MoxinError, match="does not exist"):
         LLaVAFile(str(tmp_path / "nope.json"))
+
+
+def test_a_datasets_image_dataset_trains_through_the_core_hf_dataset_source(processor, tmp_path):
+    """LLaVA-style rows with an `Image` column, read by `datasets` from a local folder: the
+    pictures arrive decoded and the vlm objective takes them as they are."""
+    import datasets
+
+    from moxin_core.api import DataSpec, Registry, build_datamodule
+
+    colours = {"red": (220, 30, 30), "blue": (40, 70, 220)}
+    rows = [{"image": Image.new("RGB", (24, 24), colours[c]),
+             "conversations": [{"from": "human", "value": "<image>\nWhat colour is it?"},
+                               {"from": "gpt", "value": c}]} for c in ["red", "blue"] * 3]
+    features = datasets.Features({"image": datasets.Image(), "conversations": [
+        {"from": datasets.Value("string"), "value": datasets.Value("string")}]})
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    datasets.Dataset.from_list(rows, features=features).to_parquet(folder / "train.parquet")
+    objective = VisionLanguageSFT()
+    datamodule = build_datamodule(Registry(), [DataSpec("hf_dataset", 1.0, {"path": str(folder)})],
+                                  objective, processor, 64, 2)
+    batch = next(iter(datamodule.iter_batches()))
+    assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["has_image"].all()
+    # the first picture is red: the red channel is high, the blue one low, after normalisation
+    assert batch["pixel_values"][0, 0].mean() > 0.5 and batch["pixel_values"][0, 2].mean() < -0.5
+    labelled = [t for t in batch["labels"][0].tolist() if t != IGNORE_INDEX]
+    assert processor.tokenizer.decode(labelled) == "red<|endoftext|>"
