@@ -53,7 +53,9 @@ def print_models(entries: list[dict[str, Any]]) -> None:
           "max_pos")
     for e in entries:
         c = e["config"]
-        print(f"{e['name']:<14} {e['family']:<10} {e['parameters']:>15,}  "
+        # a composite preset built on a model reference counts its parameters once built
+        parameters = f"{e['parameters']:,}" if e["parameters"] is not None else "?"
+        print(f"{e['name']:<14} {e['family']:<10} {parameters:>15}  "
               f"{c.get('num_hidden_layers', '?'):>6}  {c.get('hidden_size', '?'):>6}  "
               f"{c.get('num_attention_heads', '?'):>5}/{c.get('num_key_value_heads', '?'):<2}  "
               f"{c.get('vocab_size', '?'):>5}  {e.get('max_length') or '?'}")

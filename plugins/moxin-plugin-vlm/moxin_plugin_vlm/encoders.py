@@ -92,6 +92,12 @@ def _create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
         return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     except RuntimeError as error:  # unknown model names
         raise MoxinError(f"timm cannot create {name!r}: {error}") from None
+    except Exception as error:  # pretrained=True without the hub: download errors
+        if not pretrained:
+            raise
+        raise MoxinError(f"timm could not fetch the pretrained weights of {name!r} "
+                         f"({type(error).__name__}: {error}); give a local file with "
+                         "`weights:` instead of `pretrained: true`.") from None
 
 
 def _load_weights(model: nn.Module, path: str | Path | None, what: str) -> None:

@@ -126,6 +126,14 @@ class VLMFamily(ModelFamily):
         return (config.get("lm") or {}).get("vocab_size")
 
     def describe(self, config: dict) -> dict:
+        """Parameters per part; a preset whose language model is still a reference
+        (``variant:NAME``) counts its encoder only and gives ``parameters: None``."""
+        if config.get("lm") is None:
+            with torch.device("meta"):
+                vision = sum(p.numel() for p in build_encoder(config["encoder"]).parameters())
+            return {"parameters": None, "parts": {"vision": vision},
+                    "language_model": config.get("llm"), "config": self.config_to_dict(config),
+                    "max_length": None}
         with torch.device("meta"):
             model = self._build(config, pretrained_lm=False)
         parts = {name: sum(p.numel() for p in getattr(model, name).parameters())
@@ -157,7 +165,7 @@ class VLMFamily(ModelFamily):
         from safetensors.torch import load_file
 
         folder = Path(source)
-        config = self.load_config(source)
+        config = _self_contained(self.load_config(source))
         language_model = _text_family().load(str(folder / LM_DIR))
         model = VisionLanguageModel(config, language_model)
         for part in ("vision", "projector"):
@@ -180,9 +188,8 @@ class VLMFamily(ModelFamily):
             state = {k: v.detach().contiguous().cpu()
                      for k, v in getattr(model, part).state_dict().items()}
             save_file(state, str(out / f"{part}.safetensors"))
-        config = self.config_to_dict(model.config)
+        config = _self_contained(self.config_to_dict(model.config))
         config["lm"] = text.config_to_dict(model.language_model.config)
-        config.pop("llm", None)  # built: the weights are here now
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         self._save_image(processor, out)
         (out / "moxin.json").write_text(json.dumps({"family": self.name}) + "\n")
@@ -225,6 +232,17 @@ class VLMFamily(ModelFamily):
     def _save_image(self, processor: VLMProcessor, out: Path) -> None:
         if processor.transform is not None:
             (Path(out) / IMAGE_FILE).write_text(json.dumps(processor.transform.to_dict()) + "\n")
+
+
+def _self_contained(config: dict) -> dict:
+    """A saved VLM's config: its weights are in the folder, so the encoder is built without
+    weight files or hub downloads, and the language model reference is dropped."""
+    config = copy.deepcopy(config)
+    config.pop("llm", None)
+    options = config.get("encoder", {}).get("options") or {}
+    for key in ("weights", "pretrained"):
+        options.pop(key, None)
+    return config
 
 
 def _tokenizer_source(processor: VLMProcessor, source: str | Path | None):

@@ -12,12 +12,14 @@ loss. Text-only and image records mix in one batch.
 everything. Frozen parameters keep ``requires_grad=False`` and are left out of the optimizer.
 
 Bad records stop the run naming the record: an ``<image>`` marker without an image, an image
-without a marker, a missing or unreadable image file, a conversation that does not alternate
-human/gpt.
+without exactly one marker, a missing or unreadable image file, a conversation that does not
+alternate human/gpt. A record whose reply starts beyond ``seq_len`` is skipped and counted
+(``skipped_no_reply`` in the stage's data statistics).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -26,6 +28,8 @@ from moxin_core.api import IGNORE_INDEX, MoxinError, Objective, ORIGIN
 
 from moxin_plugin_vlm.data import IMAGE_MARKER
 
+#: the chat-template tag around the trained part of an assistant turn
+GENERATION_MARK = re.compile(r"{%-?\s*generation\s*-?%}")
 TRAINABLE = {"align": ("projector",), "finetune": ("projector", "language_model"),
              "full-finetune": ("projector", "language_model", "vision")}
 FORMATS = ("chat", "pure")
@@ -63,6 +67,10 @@ def messages_of(record: dict, where: str) -> list[dict[str, str]]:
         markers += value.count(IMAGE_MARKER)
         text = value.replace(IMAGE_MARKER, "").strip()
         messages.append({"role": role, "content": text})
+    roles = [m["role"] for m in messages if m["role"] != "system"]
+    if any(role != ("user" if i % 2 == 0 else "assistant") for i, role in enumerate(roles)):
+        raise MoxinError(f"{where}: turns must alternate human/gpt starting with human, got "
+                         f"{[t.get('from', t.get('role')) for t in turns]}.")
     has_image = record.get("image") is not None
     if markers and not has_image:
         raise MoxinError(f"{where}: the conversation has an {IMAGE_MARKER} marker but the record "
@@ -94,7 +102,7 @@ class _Builder:
                     part = part + [tok.eos_token_id]
                     ids, mask = ids + part, mask + [True] * len(part)
             return ids, mask
-        if not tok.chat_template or "generation" not in tok.chat_template:
+        if not tok.chat_template or not GENERATION_MARK.search(tok.chat_template):
             raise MoxinError("The tokenizer's chat template does not mark assistant replies "
                              "({% generation %}); use prompt_format: pure or a Moxin tokenizer.")
         rendered = tok.apply_chat_template(messages, tokenize=True, return_dict=True,
@@ -112,6 +120,9 @@ class _Builder:
             ids, mask = ids[: self.seq_len], mask[: self.seq_len]
             self.stats["truncated"] += 1
         labels = [i if m else IGNORE_INDEX for i, m in zip(ids, mask)]
+        if all(t == IGNORE_INDEX for t in labels):  # the reply starts beyond seq_len
+            self.stats["skipped_no_reply"] = self.stats.get("skipped_no_reply", 0) + 1
+            return []
         example: dict[str, Any] = {"input_ids": ids, "labels": labels, "pixel_values": None}
         if record.get("image") is not None:
             image = load_image(record["image"], where)

@@ -5,7 +5,10 @@ registers + SigLIP so400m/14, penultimate-layer patch features, 2176 wide, 256 p
 fused-gelu-mlp projector, resize-naive images, the Moxin instruct model as the language model;
 trained single-stage ("no-align"): projector + LLM, vision frozen, 2 epochs at lr 2e-5 (warm-up
 3 %, cosine), weight decay 0.1, global batch 128, max length 2048, on LLaVA v1.5's 665K
-conversations (``llava`` data by path: set ``finetune.data`` to your copy).
+conversations (``llava`` data by path: set ``finetune.data`` to your copy). Written for DDP as
+prismatic's hyper-parameters read; an 8B model with AdamW state does not fit one 80 GB GPU that
+way, and the vlm family cannot be sharded with FSDP yet, so the full-size recipe does not run
+as it stands (the tiny one does).
 
 ``moxin-tiny-vlm``: a 2-block ViT on 32 px pictures, a gelu-mlp projector and
 ``moxin-tiny-instruct``'s final model in the same ``--out``, trained on the embedded shapes. The

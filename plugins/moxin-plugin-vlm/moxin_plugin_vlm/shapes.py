@@ -111,9 +111,9 @@ def iter_records(seed: int, split: str, start: int = 0, size: int = 32,
         rng = random.Random(f"moxin-shapes:{seed}:{index}")
         scene = make_scene(rng)
         image = draw(scene, size)
-        if split_of(image) == split:
-            kind = rng.choice([k for k in question_types(scene) if kinds is None or k in kinds]
-                              or list(question_types(scene)))
+        asked = [k for k in question_types(scene) if kinds is None or k in kinds]
+        if asked and split_of(image) == split:  # no asked kind fits (position of 3): skip
+            kind = rng.choice(asked)
             yield index, {"image": image, "question": QUESTIONS[kind],
                           "answer": answer(scene, kind), "type": kind, "scene": describe(scene)}
         index += 1

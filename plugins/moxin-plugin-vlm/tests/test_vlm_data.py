@@ -29,6 +29,28 @@ def _labelled(processor, example):
     return processor.tokenizer.decode([t for t in example["labels"] if t != IGNORE_INDEX])
 
 
+def test_a_template_without_generation_marks_is_a_clear_error(processor):
+    import copy
+
+    plain = copy.copy(processor)
+    plain.tokenizer = copy.deepcopy(processor.tokenizer)
+    # mentions add_generation_prompt, marks no assistant tokens
+    plain.tokenizer.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                                     "{% if add_generation_prompt %}>{% endif %}")
+    record = {"conversations": [{"from": "human", "value": "hi"},
+                                {"from": "gpt", "value": "yo"}]}
+    with pytest.raises(MoxinError, match="does not mark assistant replies"):
+        VisionLanguageSFT().example_builder(plain, 64).feed(record)
+
+
+def test_a_reply_beyond_seq_len_is_skipped_and_counted(processor):
+    builder = VisionLanguageSFT().example_builder(processor, 12)
+    record = {"conversations": [{"from": "human", "value": "a long question " * 10},
+                                {"from": "gpt", "value": "yes"}]}
+    assert builder.feed(record) == []
+    assert builder.state_dict()["stats"]["skipped_no_reply"] == 1
+
+
 def test_labels_are_the_replies_and_their_end_of_turn_only(processor):
     record = {"image": Image.new("RGB", (32, 32)), "conversations": [
         {"from": "human", "value": "<image>\nWhat colour is the shape?"},
@@ -72,6 +94,10 @@ def test_embedded_shapes_are_deterministic_split_by_hash_and_answer_in_one_word(
     assert all(split_of(r["image"]) == "heldout" for r in heldout)
     with pytest.raises(MoxinError, match="unknown question kinds"):
         EmbeddedShapes(kinds=["size"])
+    # kinds that fit only some scenes (position: one shape) skip the others, never fall back
+    only = [r for r, _ in itertools.islice(EmbeddedShapes(kinds=["position"]).iter_from(None),
+                                           40)]
+    assert {r["type"] for r in only} == {"position"}
 
 
 def test_llava_files_and_bad_records_name_the_record(processor, tmp_path):
@@ -88,6 +114,9 @@ def test_llava_files_and_bad_records_name_the_record(processor, tmp_path):
             dict(good, image="../outside.png"),
             {"conversations": good["conversations"]},
             dict(good, conversations=[{"from": "human", "value": "Colour?"},
+                                      {"from": "gpt", "value": "green"}]),
+            dict(good, conversations=[{"from": "gpt", "value": "hello"},
+                                      {"from": "human", "value": "<image>\nColour?"},
                                       {"from": "gpt", "value": "green"}])]
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -101,7 +130,7 @@ def test_llava_files_and_bad_records_name_the_record(processor, tmp_path):
         assert (example["pixel_values"] is None) == (record["image"] is None)
     errors = {4: "image .*missing.png does not exist", 5: "broken.png cannot be read",
               6: "leaves the image root", 7: "has an <image> marker but the record no image",
-              8: "needs exactly one <image> marker"}
+              8: "needs exactly one <image> marker", 9: "turns must alternate human/gpt"}
     for line, message in errors.items():
         with pytest.raises(MoxinError, match=f"data.jsonl:{line}: .*{message}"):
             record, _ = next(records)

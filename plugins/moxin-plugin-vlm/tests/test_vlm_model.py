@@ -138,3 +138,29 @@ def test_pad_token_added_and_embedding_rows_padded_to_a_multiple_of_64(lm_folder
     reloaded = family.load_processor(out).tokenizer
     assert reloaded.pad_token == "<PAD>" and reloaded.pad_token_id == tok.pad_token_id
     assert json.loads((out / "vlm.json").read_text())["lm"]["vocab_size"] == rows
+
+
+def test_a_saved_vlm_needs_no_weight_files_or_hub_to_reload(lm_folder, tmp_path):
+    model, processor, family = tiny_vlm(lm_folder)
+    # trained from files (or the hub) that the machine reloading it does not have
+    model.config["encoder"]["options"].update(weights=str(tmp_path / "gone.safetensors"),
+                                              pretrained=True)
+    out = family.save(model, processor, tmp_path / "vlm")
+    saved = json.loads((out / "vlm.json").read_text())["encoder"]["options"]
+    assert "weights" not in saved and "pretrained" not in saved
+    reloaded = family.load(str(out))
+    for name, value in model.vision.state_dict().items():
+        assert torch.equal(reloaded.vision.state_dict()[name], value)
+
+
+def test_presets_are_listed_before_their_language_model_exists(capsys):
+    from moxin_core.commands.listing import list_models, print_models
+    from moxin_core.plugins import Registry
+
+    entries = {e["name"]: e for e in list_models(Registry())}
+    tiny = entries["moxin-tiny-vlm"]
+    assert tiny["family"] == "vlm" and tiny["parameters"] is None
+    assert tiny["parts"]["vision"] > 0 and tiny["language_model"] == "variant:moxin-tiny-instruct"
+    assert entries["moxin-vlm"]["parts"]["vision"] > 700_000_000  # DINOv2-L + SigLIP so400m
+    print_models(list(entries.values()))
+    assert "moxin-tiny-vlm" in capsys.readouterr().out
