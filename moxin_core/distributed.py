@@ -63,6 +63,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return total.to(tensor.device)
 
 
+def shutdown() -> None:
+    """Leave the process group at the end of a run, so that no backend thread is still running
+    when the interpreter exits (gloo then aborts a rank now and then with "terminate called
+    without an active exception", failing a finished torchrun launch)."""
+    if initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if initialized() and dist.get_world_size() > 1:
         dist.barrier()

@@ -194,3 +194,18 @@ def test_fsdp_shards_the_model_and_exports_the_gathered_weights(tmp_path, nano_t
     assert manifest["world_size"] == 2 and manifest["tokens"] == 6 * 4 * 64
     losses = _losses(stage)
     assert losses[-1] < losses[0]
+
+
+def test_shutdown_leaves_the_process_group(tmp_path):
+    """`moxin train` ends by leaving the process group (a gloo group alive at interpreter exit
+    aborted a finished torchrun rank now and then)."""
+    import torch.distributed as dist
+
+    from moxin_core import distributed
+
+    distributed.shutdown()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    assert distributed.initialized()
+    distributed.shutdown()
+    assert not distributed.initialized()

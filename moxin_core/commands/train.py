@@ -58,4 +58,5 @@ class TrainCommand(Command):
         if distributed.is_rank_zero():
             for result in results:
                 print("\n".join(format_result(result)))
+        distributed.shutdown()
         return 0
