@@ -14,7 +14,7 @@ first use, so ``from moxin_core.api import hookimpl`` in a plugin's entry module
 * models: ``ModelFamily``, ``ModelPreset``, ``CausalLMFamily``, ``DEFAULT_FAMILY``,
   ``resolve_model`` (a preset name, folder or hub id to its family and config), ``load_model``, ``save_model``, ``resolve_model_folder``, ``MoxinModule``, ``ModelRecipe``
 * tokenizers and chat: ``load_tokenizer``, ``reply_stop_ids``, ``END_OF_TURN``, ``Runtime``,
-  ``Message``, ``check_messages``
+  ``Message``, ``check_messages``, ``generation_options``
 * recipes: ``Variant``, ``Stage``, ``DataSpec``, ``HyperParameters``, ``PREVIOUS``
 * building blocks: ``build_objective``, ``build_datamodule``, ``build_module``,
   ``ensure_embedded_tokenizer``, ``train_variant``, ``run_evaluators``
@@ -68,6 +68,7 @@ _EXPORTS: dict[str, str] = {
     "Runtime": "moxin_core.runtime",
     "Message": "moxin_core.runtime",
     "check_messages": "moxin_core.runtime",
+    "generation_options": "moxin_core.runtime",
     "Variant": "moxin_core.variants",
     "Stage": "moxin_core.variants",
     "DataSpec": "moxin_core.variants",

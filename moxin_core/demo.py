@@ -88,12 +88,15 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
     elif instruct:
         print("(moxin-plugin-reasoning is not installed: skipping reasoning SFT and GRPO)")
     shapes: dict[str, float] = {}
+    shapes_before: dict[str, float] = {}
     if vision:
         print(f"[{next(step)}/{steps}] Vision-language model {VLM_VARIANT}: a vision encoder and "
               "projector on the instruct model, trained on pictures of shapes ...")
         seen = train_variant(VLM_VARIANT, out, registry=registry)
-        shapes = next((r.evals[SHAPES_EVALUATOR] for r in seen if SHAPES_EVALUATOR in r.evals),
-                      {})
+        scored = next((r for r in seen if SHAPES_EVALUATOR in r.evals), None)
+        if scored is not None:
+            shapes = scored.evals[SHAPES_EVALUATOR]
+            shapes_before = scored.start_evals.get(SHAPES_EVALUATOR, {})
         results += seen
     elif instruct:
         print("(moxin-plugin-vlm is not installed: skipping the vision-language model)")
@@ -147,9 +150,14 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
         gain = 100 * (high["pass@1"] - low["pass@1"])
         print(f"  GRPO changed held-out maths pass@1 by {gain:+.1f} points ({before} -> {after})")
     if shapes:
-        print(f"  held-out shapes questions (VLM): {shapes['accuracy']:.0%} right, chance "
-              f"{shapes['chance']:.0%}; colour and shape {shapes['accuracy/colour+shape']:.0%}, "
-              f"chance {shapes['chance/colour+shape']:.0%} ({shapes['n']:.0f} questions)")
+        both = "accuracy/colour+shape"
+        if shapes_before:
+            before = shapes_before
+            print(f"  held-out shapes questions (VLM) before training {before['accuracy']:.0%} "
+                  f"right, colour and shape {before[both]:.0%}")
+        print(f"  held-out shapes questions (VLM) after training  {shapes['accuracy']:.0%} right, "
+              f"colour and shape {shapes[both]:.0%} ({shapes['n']:.0f} questions; guessing: "
+              f"{shapes['chance']:.0%}, colour and shape {shapes['chance/colour+shape']:.0%})")
     print(f"  HF export:   {export_dir}  (AutoModelForCausalLM.from_pretrained loads it)")
     print(f"  loss plots:  {out}/<stage>/loss.png")
     print(f"  prompt:      {DEMO_PROMPT}")
@@ -164,11 +172,13 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
         "stages": [{"name": r.name, "steps": r.steps, "first_loss": r.first_loss,
                     "last_loss": r.last_loss, "token_loss": r.token_loss,
                     "tokens_per_second": r.tokens_per_second,
-                    "evals": r.evals, "folder": str(r.out_dir)} for r in results],
+                    "evals": r.evals, "start_evals": r.start_evals, "folder": str(r.out_dir)}
+                   for r in results],
         "heldout_arithmetic_accuracy": {k: v["accuracy"] for k, v in accuracy.items()},
         "heldout_reward_accuracy": preference["reward_accuracy"] if preference else None,
         "heldout_math_accuracy": {k: v["pass@1"] for k, v in maths.items()},
         "heldout_shapes": shapes or None,
+        "heldout_shapes_before": shapes_before or None,
         "hf_export": str(export_dir),
         "sample": {"prompt": DEMO_PROMPT, "completion": sample},
         "gguf": str(gguf_path) if gguf_path else None,

@@ -76,6 +76,8 @@ def moxin_objectives() -> dict[str, Factory]:
         metrics the core logs. ``setup(context)`` receives a
         :class:`moxin_core.api.ObjectiveContext` (processor, registry, stage folder,
         hyper-parameters, trainer, training batches, frozen helper models, collectives);
+        ``prepare_model(model)`` runs once the trained model exists (sharded under FSDP),
+        before the optimiser: it chooses what trains (``requires_grad``);
         ``on_fit_start()`` runs when the model is on its device; ``state_dict()`` is saved in
         every checkpoint and given back to ``load_state_dict`` on resume.
     """

@@ -83,17 +83,23 @@ class ModelRecipe:
 
     def fill(self, model: torch.nn.Module) -> None:
         """Starting weights into a model materialised from :meth:`build_empty` (possibly
-        sharded): random initialisation, then the source's weights (rank 0 reads them)."""
+        sharded): random initialisation, then the source's weights, or those a preset inherits
+        from the models it is built from (rank 0 reads them, the others receive them)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.family.init_weights(model)  # also computes non-persistent buffers
+        reader = distributed.is_rank_zero()
         if self.source is not None:
-            state = (self.family.state_dict_for_loading(self.source)
-                     if distributed.is_rank_zero() else {})
+            state = self.family.state_dict_for_loading(self.source) if reader else {}
             set_model_state_dict(model, state, options=StateDictOptions(
                 full_state_dict=True, broadcast_from_rank0=distributed.initialized()))
+        else:  # a preset: the weights it inherits from the models it is built from, if any
+            state = self.family.start_state_dict(self.config) if reader else {}
+            set_model_state_dict(model, state, options=StateDictOptions(
+                full_state_dict=True, broadcast_from_rank0=distributed.initialized(),
+                strict=False))
 
 
 class MoxinModule(pl.LightningModule):
@@ -131,6 +137,7 @@ class MoxinModule(pl.LightningModule):
         self._frozen_recipes: dict[str, ModelRecipe] = {}
         self._context: ObjectiveContext | None = None
         self._sharded = False  # configure_model sharded the models
+        self._prepared = False  # the objective's prepare_model ran
 
     # -- frozen helper models (registered through ObjectiveContext.add_frozen_model)
     def add_frozen_model(self, name: str, model: torch.nn.Module | None = None) -> None:
@@ -173,6 +180,7 @@ class MoxinModule(pl.LightningModule):
             for name, recipe in self._frozen_recipes.items():
                 self.frozen[name] = recipe.build().eval().requires_grad_(False)
             self._frozen_recipes.clear()
+            self._prepare_model()
             return
         if self.family is None:
             raise MoxinError("Sharding the model needs its family: build the module with "
@@ -195,6 +203,12 @@ class MoxinModule(pl.LightningModule):
             self.frozen[name].requires_grad_(False)
         self._frozen_recipes.clear()
         self._sharded = True
+        self._prepare_model()
+
+    def _prepare_model(self) -> None:
+        if not self._prepared:  # once per module, even when configure_model runs again
+            self.objective.prepare_model(self.model)
+            self._prepared = True
 
     def on_fit_start(self) -> None:
         self.objective.on_fit_start()

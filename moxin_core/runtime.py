@@ -23,6 +23,20 @@ Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 
 
+def generation_options(tokenizer: Any, max_new_tokens: int, temperature: float,
+                       stop_ids: Sequence[int] = ()) -> dict[str, Any]:
+    """``generate()`` keyword arguments of moxin's runtimes: greedy at temperature 0, else
+    sampling at ``temperature`` with top-p 0.95; generation ends at EOS or any of ``stop_ids``
+    (a chat turn's end marker), and pads with the first of them."""
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=0.95)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    eos = list(dict.fromkeys(i for i in (tokenizer.eos_token_id, *stop_ids) if i is not None))
+    return {**kwargs, "eos_token_id": eos, "pad_token_id": eos[0]}
+
+
 def check_messages(messages: Any, where: str = "conversation") -> list[Message]:
     """The turns as ``[{"role", "content"}]`` (other keys dropped), after checking that they form
     a non-empty list with roles system/user/assistant and string contents (clear errors naming
@@ -110,16 +124,9 @@ class TransformersRuntime(Runtime):
         """``stop_ids`` end generation besides EOS."""
         import torch
 
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=0.95)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        eos = list(dict.fromkeys(i for i in (self.tokenizer.eos_token_id, *stop_ids)
-                                 if i is not None))
+        options = generation_options(self.tokenizer, max_new_tokens, temperature, stop_ids)
         with torch.no_grad():
-            output = self.model.generate(ids, attention_mask=torch.ones_like(ids),
-                                         eos_token_id=eos, pad_token_id=eos[0], **kwargs)
+            output = self.model.generate(ids, attention_mask=torch.ones_like(ids), **options)
         return self.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
 
     def complete(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0) -> str:

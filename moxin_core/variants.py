@@ -120,6 +120,13 @@ class Stage:
     #: evaluators run on the stage's exported model when it finishes: registry names, or
     #: ``{"name": NAME, OPTION: VALUE, ...}`` to pass options to the evaluator's factory
     evaluators: list[str | dict[str, Any]] = field(default_factory=list)
+    #: also score the model the stage starts from with the same evaluators, before training
+    #: (stored as ``eval_start.json``), so a stage reports its own before/after
+    evaluate_start: bool = False
+    #: for a stage whose ``model`` is a preset built from other models (a VLM's language model):
+    #: ``{role: model}`` replacing the preset's own choice (a folder, hub id, preset, ``previous``
+    #: or ``variant:NAME``)
+    references: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The key facts ``moxin variants`` shows."""
@@ -139,6 +146,8 @@ class Stage:
             },
             "description": self.description,
             "evaluators": [e if isinstance(e, str) else dict(e) for e in self.evaluators],
+            "evaluate_start": self.evaluate_start,
+            "references": dict(self.references),
         }
 
 
@@ -215,14 +224,22 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
                                      f"{{name: NAME, OPTION: VALUE}} entries, got {raw!r}.")
                 evaluator_specs(value, f"{where}: {key}")
                 stage.evaluators = value
+            elif name == "evaluate_start":
+                value = _coerce(name, raw, None)
+                if not isinstance(value, bool):
+                    raise MoxinError(f"{where}: {key} must be true or false, got {raw!r}.")
+                stage.evaluate_start = value
             elif name == "data":
                 stage.data = _data_specs(raw, f"{where}: {key}")
+            elif name.startswith("references.") and name.count(".") == 1:
+                stage.references[name.split(".", 1)[1]] = str(raw)
             elif name.startswith("objective_options."):
                 stage.objective_options[name.split(".", 1)[1]] = _coerce(name, raw, None)
             else:
                 raise MoxinError(
                     f"Unknown setting {key!r} in {where}. Settable: {', '.join(_HPARAM_FIELDS)}, "
-                    "model, tokenizer, data, evaluators, objective_options.NAME; prefix with a stage name "
+                    "model, tokenizer, data, evaluators, evaluate_start, references.ROLE, "
+                    "objective_options.NAME; prefix with a stage name "
                     f"({', '.join(stage_names)}) to change one stage only.")
 
 

@@ -95,8 +95,15 @@ def test_demo_trains_exports_and_generates(tmp_path):
         assert shapes["accuracy/colour+shape"] > 0.6, shapes
         evals = json.loads((out / "vlm" / "eval.json").read_text())
         assert evals["heldout-shapes"] == shapes
-        assert re.search(r"held-out shapes questions \(VLM\): \d+% right, chance \d+%; colour "
+        # before training: the same questions asked of the untrained VLM, scored lower
+        before = stored["heldout_shapes_before"]
+        assert before["n"] == shapes["n"]
+        assert before["accuracy/colour+shape"] + 0.2 < shapes["accuracy/colour+shape"], before
+        assert json.loads((out / "vlm" / "eval_start.json").read_text())["heldout-shapes"] == before
+        assert re.search(r"held-out shapes questions \(VLM\) before training \d+% right, colour "
                          r"and shape \d+%", summary), summary
+        assert re.search(r"held-out shapes questions \(VLM\) after training  \d+% right, colour "
+                         r"and shape \d+% \(\d+ questions; guessing: \d+%", summary), summary
         assert (out / "vlm" / "hf" / "vlm.json").exists()
     else:
         assert "moxin-plugin-vlm is not installed" in result.stdout

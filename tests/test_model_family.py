@@ -328,6 +328,35 @@ def test_a_composite_preset_builds_on_another_variants_model(trained):
     assert result.steps == 2
 
 
+def test_a_stage_can_point_a_composite_reference_elsewhere(trained, tmp_path):
+    out, _ = trained
+    elsewhere = out / "warm" / "hf"  # not the variant's own choice (more/hf)
+    (result,) = train_variant("feature-composite", tmp_path / "run",
+                              sets=[f"built.references.lm={elsewhere}", "max_steps=1"],
+                              registry=_registry())
+    config = yaml.safe_load((tmp_path / "run" / "built" / "config.yaml").read_text())
+    assert config["references"] == {"lm": str(elsewhere)} and result.steps == 1
+    assert config["stage"]["references"] == {"lm": str(elsewhere)}
+    # a role the preset does not have, and references on a model that is built already
+    with pytest.raises(MoxinError, match=r"is built from lm; there is no reference vision to "
+                                         r"set \(references.vision\)"):
+        train_variant("feature-composite", tmp_path / "x", sets=["built.references.vision=a"],
+                      registry=_registry())
+    with pytest.raises(MoxinError, match=r"sets references \(lm\), but it starts from .*built "
+                                         r"already"):
+        train_variant("feature-composite", tmp_path / "y",
+                      sets=[f"built.model={elsewhere}", f"built.references.lm={elsewhere}"],
+                      registry=_registry())
+
+
+def test_a_reference_to_a_variant_no_plugin_provides_says_what_to_do(tmp_path):
+    with pytest.raises(MoxinError, match=r"starts from the final model of variant 'gone' "
+                                         r"\(variant:gone\), which no installed plugin provides.*"
+                                         r"built.references.ROLE\) at a model folder"):
+        train_variant("feature-composite", tmp_path, sets=["built.references.lm=variant:gone"],
+                      registry=_registry())
+
+
 def test_export_writes_the_family_folder(trained, tmp_path):
     out, _ = trained
     registry = _registry()

@@ -117,6 +117,48 @@ def test_a_sharded_model_is_built_on_the_meta_device(tmp_path, nano_tokenizer, m
     assert all(torch.isfinite(p.full_tensor()).all() for p in parameters)
 
 
+class FreezeEmbeddings(CausalLM):
+    """Chooses what trains in prepare_model: everything but the input embeddings."""
+
+    def prepare_model(self, model):
+        self.prepared = getattr(self, "prepared", 0) + 1
+        self.kinds = {type(p).__name__ for p in model.parameters()}
+        self.start = model.get_input_embeddings().weight.detach().clone()
+        model.get_input_embeddings().requires_grad_(False)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_prepare_model_chooses_what_trains_before_the_optimiser(tmp_path, nano_tokenizer,
+                                                                sharded):
+    import torch.distributed as dist
+
+    from moxin_core.strategies import FSDP2Strategy
+
+    objective = FreezeEmbeddings()
+    options = {"lazy": True, "strategy": FSDP2Strategy(), "devices": 1} if sharded else {}
+    saved = dict(os.environ)
+    os.environ["MASTER_PORT"] = "29584"
+    try:
+        module, trainer, *_ = _fit(tmp_path, nano_tokenizer, objective, steps=3,
+                                   enable_checkpointing=False, **options)
+        embeddings = module.model.get_input_embeddings().weight
+        lm_head = module.model.get_output_embeddings().weight
+        optimised = {id(p) for group in trainer.optimizers[0].param_groups
+                     for p in group["params"]}
+        full = embeddings.full_tensor() if sharded else embeddings.detach()
+        start = objective.start.full_tensor() if sharded else objective.start
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)
+    # called once, with the model as it trains (sharded: DTensors already filled)
+    assert objective.prepared == 1
+    assert objective.kinds == ({"DTensor"} if sharded else {"Parameter"})
+    assert torch.isfinite(start).all() and torch.equal(start, full)  # frozen: not trained
+    assert id(embeddings) not in optimised and id(lm_head) in optimised
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_selective_log_softmax_equals_the_full_log_softmax(dtype):
     generator = torch.Generator().manual_seed(0)

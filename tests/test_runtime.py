@@ -145,3 +145,18 @@ def test_images_reach_runtimes_that_take_them_and_text_runtimes_refuse_them(tmp_
         generate("m.echo", "abc", image=str(image), registry=registry)
     with pytest.raises(MoxinError, match="--image .*nope.png: no such file"):
         generate("m.picture", "abc", image=str(tmp_path / "nope.png"), registry=registry)
+
+
+def test_generation_options_greedy_or_sampled_and_every_stop_id_once():
+    from types import SimpleNamespace
+
+    from moxin_core.api import generation_options
+
+    tok = SimpleNamespace(eos_token_id=2)
+    greedy = generation_options(tok, 8, 0.0, [7, 2, 7])
+    assert greedy["do_sample"] is False and greedy["temperature"] is None
+    assert greedy["eos_token_id"] == [2, 7] and greedy["pad_token_id"] == 2
+    assert greedy["max_new_tokens"] == 8
+    sampled = generation_options(SimpleNamespace(eos_token_id=None), 4, 0.7, [9])
+    assert sampled["do_sample"] is True and sampled["temperature"] == 0.7
+    assert sampled["top_p"] == 0.95 and sampled["eos_token_id"] == [9]

@@ -30,6 +30,10 @@ def format_result(result: Any) -> list[str]:
         lines.append("    data: " + ", ".join(f"{k.replace('_', ' ')} {v}"
                                              for k, v in skipped.items()))
     for name, scores in result.evals.items():
+        start = result.start_evals.get(name)
+        if start:
+            lines.append(f"    {name} before training: "
+                         + ", ".join(f"{k} {v:.4g}" for k, v in start.items()))
         lines.append(f"    {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
     return lines
 

@@ -174,6 +174,13 @@ class ModelFamily(ABC):
         raise MoxinError(f"Model family {self.name!r} cannot initialise a model built on the meta "
                          "device; train it without a sharding strategy.")
 
+    def start_state_dict(self, config: Any) -> dict[str, torch.Tensor]:
+        """For a preset built from other models (:meth:`references`), the weights its
+        :meth:`build` takes from them, keyed like the built model's state dict; loaded over
+        :meth:`init_weights`'s random weights when the model is built sharded on the meta
+        device (rank 0 calls this). The default: none, the preset starts random."""
+        return {}
+
     def state_dict_for_loading(self, source: str) -> dict[str, torch.Tensor]:
         """The weights at ``source`` as a state dict with the keys of :meth:`build`'s model
         (loaded into a sharded model, rank 0 reading)."""

@@ -62,6 +62,11 @@ class Objective(ABC):
         is restored: register frozen helper models (``context.add_frozen_model``) here."""
         self.context = context
 
+    def prepare_model(self, model: torch.nn.Module) -> None:
+        """Called once per fit as soon as the trained model exists (under a sharding strategy
+        after it is sharded and filled), before the optimiser is built: choose what trains here
+        (``requires_grad``); the optimiser takes the parameters that require gradients."""
+
     def on_fit_start(self) -> None:
         """Called once per fit when the model is on its device and a resumed run's checkpoint is
         restored, before the first step (precomputations run here)."""

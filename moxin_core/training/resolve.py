@@ -48,7 +48,15 @@ def resolve_variant(registry: Any, name: str, config: str | None = None,
 def _variant_result(registry: Any, reference: str, out: Path, stage: Stage) -> Path:
     """``variant:NAME`` -> the final stage's model folder of that variant under ``out``."""
     name = reference[len(VARIANT_PREFIX):]
-    final = registry.get("variants", name)().stages[-1].name
+    try:
+        factory = registry.get("variants", name)
+    except MoxinError as error:
+        raise MoxinError(f"Stage {stage.name!r} starts from the final model of variant {name!r} "
+                         f"({reference}), which no installed plugin provides: {error} Install "
+                         f"the plugin that has it, or point {stage.name}.model (or, for a model "
+                         f"built from others, {stage.name}.references.ROLE) at a model folder or "
+                         "hub id.") from None
+    final = factory().stages[-1].name
     folder = out / final / "hf"
     if not folder.is_dir():
         raise MoxinError(f"Stage {stage.name!r} starts from the final model of variant {name!r}, "
@@ -84,9 +92,21 @@ def preset_references(registry: Any, variant: Variant, stage: Stage, init: str,
     a stage's ``model``; ``{}`` when ``init`` is no preset or has none."""
     ref = resolve_model(registry, init)
     if not ref.is_preset:
+        if stage.references:
+            raise MoxinError(f"Stage {stage.name!r} sets references "
+                             f"({', '.join(sorted(stage.references))}), but it starts from "
+                             f"{init}, a model that is built already; references choose the "
+                             "parts of a preset that is built from other models.")
         return {}
+    own = ref.family.references(ref.preset.config)
+    unknown = sorted(set(stage.references) - set(own))
+    if unknown:
+        raise MoxinError(f"Stage {stage.name!r}: {init!r} is built from "
+                         f"{', '.join(own) or 'no other models'}; there is no reference "
+                         f"{', '.join(unknown)} to set (references.{unknown[0]}).")
     sources = {}
-    for role, model in ref.family.references(ref.preset.config).items():
+    for role, model in own.items():
+        model = stage.references.get(role, model)
         source = _model_source(registry, variant, stage, model, out)
         resolve_model(registry, source)  # a missing folder or unknown preset: clear error now
         sources[role] = source

@@ -14,7 +14,10 @@ once on rank 0, and barriers keep the ranks together between stages.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import random
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -63,6 +66,8 @@ class StageResult:
     #: (first, last) loss per token when the objective's loss is a sum
     token_loss: tuple[float, float] | None = None
     world_size: int = 1
+    #: the evaluators' scores of the model the stage started from (``Stage.evaluate_start``)
+    start_evals: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def run_evaluators(registry: Registry, evaluators: Sequence[str | dict[str, Any]],
@@ -161,7 +166,8 @@ def _skipped(stage: Stage, stage_dir: Path, previous: dict) -> StageResult:
                        previous["train_seconds"], skipped=True, evals=previous.get("eval", {}),
                        data_stats=previous.get("data", {}).get("stats"),
                        token_loss=tuple(previous["token_loss"]) if previous.get("token_loss")
-                       else None, world_size=previous.get("world_size", 1))
+                       else None, world_size=previous.get("world_size", 1),
+                       start_evals=previous.get("eval_start", {}))
 
 
 def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
@@ -179,6 +185,11 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
     if previous and previous.get("status") == "complete":
         return _skipped(stage, stage_dir, previous)
 
+    if stage.evaluate_start and hp.strategy in SHARDED:
+        raise MoxinError(f"Stage {stage.name!r}: evaluate_start scores the starting model on one "
+                         f"process, which a sharded strategy ({hp.strategy}) never holds whole; "
+                         "evaluate the starting model with `moxin eval` instead, or turn "
+                         "evaluate_start off.")
     _quiet_libraries()
     objective = build_objective(registry, stage.objective, stage.objective_options)
     ref = resolve_model(registry, init)
@@ -203,6 +214,9 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
         (stage_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         write_stage_model(stage_dir, family, config)
         family.save_processor(processor, stage_dir / "tokenizer", processor_source)
+    start_evals = _evaluate_start(registry, stage, stage_dir, family, module.model, processor,
+                                  processor_source, init) if writer else {}
+    distributed.barrier()
 
     checkpoint_dir = stage_dir / "checkpoints"
     throughput, history = TokenThroughput(), MetricsHistory()
@@ -260,7 +274,7 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
                          losses[0] if losses else None, losses[-1] if losses else None,
                          float(rates.item()), tokens, wall, evals=evals, data_stats=stats,
                          token_loss=(token_losses[0], token_losses[-1]) if token_losses else None,
-                         world_size=world)
+                         world_size=world, start_evals=start_evals)
     if writer:
         write_metrics_csv(rows, stage_dir / "metrics.csv")
         plot_loss(rows, stage_dir / "loss.png", f"{variant_name} / {stage.name}",
@@ -271,6 +285,32 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
             result, variant_name, stage, init, registry, datamodule, stats, wall))
     distributed.barrier()
     return result
+
+
+def _evaluate_start(registry: Registry, stage: Stage, stage_dir: Path, family: Any,
+                    model: torch.nn.Module, processor: Any, processor_source: Path | str,
+                    init: str) -> dict[str, dict[str, float]]:
+    """The stage's evaluators on the model it starts from, saved through its family into
+    ``start-model/`` (removed afterwards) and scored there; kept in ``eval_start.json``, which a
+    resumed run reads instead of scoring again. Random state is left as it was, so training is
+    the same with or without this."""
+    if not (stage.evaluate_start and stage.evaluators):
+        return {}
+    stored = stage_dir / "eval_start.json"
+    if stored.exists():
+        return json.loads(stored.read_text())
+    folder = stage_dir / "start-model"
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        save_atomically(family, model, processor, folder, processor_source)
+        scores = run_evaluators(registry, stage.evaluators, folder, init)
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    shutil.rmtree(folder, ignore_errors=True)
+    write_json_atomic(stored, scores)
+    return scores
 
 
 def _fit(trainer: pl.Trainer, module: Any, datamodule: Any, ckpt_path: Path | None,
@@ -351,6 +391,7 @@ def _manifest(result: StageResult, variant_name: str, stage: Stage, init: str,
                  else None,
                  "stats": stats},
         "eval": result.evals,
+        "eval_start": result.start_evals,
         "tokenizer_sha256": sha256_file(processor_file) if processor_file.exists() else None,
         "checkpoint_sha256": sha256_file(stage_dir / "hf" / "model.safetensors")
         if (stage_dir / "hf" / "model.safetensors").exists() else None,
