@@ -102,6 +102,7 @@ def bare_run(out: Path, sets: list[str]) -> dict:
     module = build_module(registry, init, objective, processor, hp, references=references)
     model = module.model
     objective.setup(module_context(module))
+    objective.prepare_model(model)
     optimizer = build_optimizer(model, hp)
     scheduler = build_scheduler(optimizer, hp)
     tokens = images = 0

@@ -167,8 +167,17 @@ class FusedViT(nn.Module):
         self.transform = ImageTransform(self.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
                                         image_resize)
         for name, tower in (("first", first), ("second", second)):
-            stats = torch.tensor([tower.transform.mean, tower.transform.std]).view(2, 1, 3, 1, 1)
-            self.register_buffer(f"{name}_stats", stats, persistent=False)
+            self.register_buffer(f"{name}_stats", self._stats(tower), persistent=False)
+
+    @staticmethod
+    def _stats(tower: TimmViT) -> torch.Tensor:
+        return torch.tensor([tower.transform.mean, tower.transform.std]).view(2, 1, 3, 1, 1)
+
+    def fill_stats(self) -> None:
+        """Recompute the towers' mean and std buffers (after materialising from meta)."""
+        with torch.no_grad():
+            for name, tower in (("first", self.first), ("second", self.second)):
+                getattr(self, f"{name}_stats").copy_(self._stats(tower))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         first = (pixels - self.first_stats[0]) / self.first_stats[1]

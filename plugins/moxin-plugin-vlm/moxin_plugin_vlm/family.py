@@ -37,7 +37,7 @@ import torch
 
 from moxin_core.api import CausalLMFamily, ModelFamily, MoxinError
 
-from moxin_plugin_vlm.encoders import ImageTransform
+from moxin_plugin_vlm.encoders import FusedViT, ImageTransform, TimmViT
 from moxin_plugin_vlm.model import VisionLanguageModel, build_encoder
 
 CONFIG_FILE = "vlm.json"
@@ -158,7 +158,12 @@ class VLMFamily(ModelFamily):
 
     def build(self, config: dict) -> VisionLanguageModel:
         """The language model from ``llm`` (its trained weights), a new projector, the encoder
-        (random unless its options name weights)."""
+        (random unless its options name weights). On the meta device (a sharded run) the
+        structure only: :meth:`init_weights` and :meth:`start_state_dict` fill it."""
+        if _on_meta():
+            meta = copy.deepcopy(config)
+            meta["encoder"] = _without_weights(meta["encoder"])
+            return self._build(meta, pretrained_lm=False).train()
         return self._build(config, pretrained_lm=True).train()
 
     def load(self, source: str) -> VisionLanguageModel:
@@ -195,8 +200,60 @@ class VLMFamily(ModelFamily):
         (out / "moxin.json").write_text(json.dumps({"family": self.name}) + "\n")
         return out
 
+    # -- sharding (FSDP): decoder layers and vision blocks sharded one by one
     def block_types(self, model: torch.nn.Module) -> tuple[type, ...]:
-        return _text_family().block_types(model.language_model)
+        vision = {type(block) for vit in _towers(model.vision) for block in vit.vit.blocks}
+        return (*_text_family().block_types(model.language_model), *vision)
+
+    def init_weights(self, model: VisionLanguageModel) -> None:
+        """Random weights as :meth:`build` draws them, part by part: the language model by
+        transformers' rules, each timm tower by its own ``init_weights``, the projector's
+        layers by ``reset_parameters``; the fused encoder's normalisation buffers recomputed."""
+        _text_family().init_weights(model.language_model)
+        for tower in _towers(model.vision):
+            tower.vit.init_weights()
+        for module in model.vision.modules():
+            if isinstance(module, FusedViT):
+                module.fill_stats()
+        for module in model.projector.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+
+    def start_state_dict(self, config: dict) -> dict[str, torch.Tensor]:
+        """A preset's inherited weights: the language model's from ``llm`` (the embedding and
+        output rows added for ``<PAD>`` and the multiple of 64 drawn as transformers draws new
+        rows) and the encoder's when its options name weights."""
+        state: dict[str, torch.Tensor] = {}
+        if config.get("llm") and config.get("lm"):
+            text = _text_family()
+            lm = text.state_dict_for_loading(config["llm"])
+            rows = int(config["lm"]["vocab_size"])
+            std = float(config["lm"].get("initializer_range", 0.02))
+            generator = torch.Generator().manual_seed(0)
+            for key in ("model.embed_tokens.weight", "lm_head.weight"):
+                if key in lm and lm[key].shape[0] < rows:
+                    extra = torch.randn(rows - lm[key].shape[0], lm[key].shape[1],
+                                        generator=generator) * std
+                    lm[key] = torch.cat([lm[key], extra.to(lm[key].dtype)])
+            state.update({f"language_model.{k}": v for k, v in lm.items()})
+        if _without_weights(config["encoder"]) != config["encoder"]:
+            encoder = build_encoder(config["encoder"])  # reads the weights named (CPU)
+            state.update({f"vision.{k}": v for k, v in encoder.state_dict().items()})
+        return state
+
+    def state_dict_for_loading(self, source: str) -> dict[str, torch.Tensor]:
+        """A saved VLM folder's weights, keyed like :meth:`build`'s model."""
+        from safetensors.torch import load_file
+
+        folder = Path(source)
+        state = {f"language_model.{k}": v for k, v in
+                 _text_family().state_dict_for_loading(str(folder / LM_DIR)).items()}
+        for part in ("vision", "projector"):
+            path = folder / f"{part}.safetensors"
+            if not path.is_file():
+                raise MoxinError(f"{folder} is missing {path.name}; it is not a complete VLM.")
+            state.update({f"{part}.{k}": v for k, v in load_file(str(path)).items()})
+        return state
 
     # -- processors
     def load_processor(self, source: str | Path) -> VLMProcessor:
@@ -234,14 +291,31 @@ class VLMFamily(ModelFamily):
             (Path(out) / IMAGE_FILE).write_text(json.dumps(processor.transform.to_dict()) + "\n")
 
 
+def _on_meta() -> bool:
+    """Whether new tensors land on the meta device (inside ``torch.device("meta")``)."""
+    return torch.empty(()).device.type == "meta"
+
+
+def _without_weights(encoder: dict) -> dict:
+    """An encoder spec that builds the structure without reading weight files or the hub."""
+    encoder = copy.deepcopy(encoder)
+    options = encoder.get("options") or {}
+    for key in ("weights", "pretrained"):
+        options.pop(key, None)
+    return encoder
+
+
+def _towers(vision: torch.nn.Module) -> list[TimmViT]:
+    return [m for m in vision.modules() if isinstance(m, TimmViT)]
+
+
 def _self_contained(config: dict) -> dict:
     """A saved VLM's config: its weights are in the folder, so the encoder is built without
     weight files or hub downloads, and the language model reference is dropped."""
     config = copy.deepcopy(config)
     config.pop("llm", None)
-    options = config.get("encoder", {}).get("options") or {}
-    for key in ("weights", "pretrained"):
-        options.pop(key, None)
+    if "encoder" in config:
+        config["encoder"] = _without_weights(config["encoder"])
     return config
 
 

@@ -183,10 +183,18 @@ class VisionLanguageSFT(Objective):
 
     def setup(self, context) -> None:
         super().setup(context)
-        model = context.model
-        if model is None or not hasattr(model, "vision"):
+        if context.model is not None:  # built already: fail before anything else is set up
+            self._check(context.model)
+
+    @staticmethod
+    def _check(model: torch.nn.Module) -> None:
+        if not hasattr(model, "vision"):
             raise MoxinError("The vlm objective trains a vision-language model (the vlm family); "
                              "this stage's model is not one.")
+
+    def prepare_model(self, model: torch.nn.Module) -> None:
+        """Freeze what the ``trainable`` setting leaves out (a sharded model too)."""
+        self._check(model)
         train = TRAINABLE[self.trainable]
         for part in ("vision", "projector", "language_model"):
             getattr(model, part).requires_grad_(part in train)

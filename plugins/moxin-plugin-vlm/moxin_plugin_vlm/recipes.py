@@ -5,10 +5,10 @@ registers + SigLIP so400m/14, penultimate-layer patch features, 2176 wide, 256 p
 fused-gelu-mlp projector, resize-naive images, the Moxin instruct model as the language model;
 trained single-stage ("no-align"): projector + LLM, vision frozen, 2 epochs at lr 2e-5 (warm-up
 3 %, cosine), weight decay 0.1, global batch 128, max length 2048, on LLaVA v1.5's 665K
-conversations (``llava`` data by path: set ``finetune.data`` to your copy). Written for DDP as
-prismatic's hyper-parameters read; an 8B model with AdamW state does not fit one 80 GB GPU that
-way, and the vlm family cannot be sharded with FSDP yet, so the full-size recipe does not run
-as it stands (the tiny one does).
+conversations (``llava`` data by path: set ``finetune.data`` to your copy). Sharded with FSDP
+over 8 GPUs as prismatic trains it: built on the meta device, decoder layers and vision blocks
+sharded one by one, the instruct model's weights read by rank 0 and sent to the others (an 8B
+model with AdamW state does not fit one 80 GB GPU unsharded).
 
 ``moxin-tiny-vlm``: a 2-block ViT on 32 px pictures, a gelu-mlp projector and
 ``moxin-tiny-instruct``'s final model in the same ``--out``, trained on the embedded shapes. The
@@ -50,7 +50,7 @@ def moxin_vlm() -> Variant:
                       model="moxin-vlm", objective_options={"trainable": "finetune"},
                       hparams=HyperParameters(
                           micro_batch_size=16, grad_accum=1, devices=8, accelerator="gpu",
-                          strategy="ddp", precision="bf16-mixed", seq_len=2048, lr=2e-5,
+                          strategy="fsdp", precision="bf16-mixed", seq_len=2048, lr=2e-5,
                           weight_decay=0.1, warmup_ratio=0.03, schedule="cosine",
                           max_steps=LLAVA_STEPS, grad_clip=1.0, checkpoint_every=500),
                       description="Projector + LLM on LLaVA v1.5 conversations, vision frozen.")])
@@ -72,7 +72,7 @@ def moxin_tiny_vlm() -> Variant:
                           precision="32-true", seq_len=96, lr=1e-3, weight_decay=0.0,
                           warmup_ratio=0.05, schedule="cosine", max_steps=400, grad_clip=1.0,
                           checkpoint_every=100, keep_checkpoints=2, log_every=5),
-                      evaluators=["heldout-shapes"],
+                      evaluators=["heldout-shapes"], evaluate_start=True,
                       description="Everything trains: the tiny ViT has no pretrained weights.")])
 
 

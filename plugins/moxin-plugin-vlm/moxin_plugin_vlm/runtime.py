@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from moxin_core.api import MoxinError, Runtime, check_messages, load_model, reply_stop_ids
+from moxin_core.api import (MoxinError, Runtime, check_messages, generation_options, load_model,
+                            reply_stop_ids)
 
 from moxin_plugin_vlm.family import CONFIG_FILE
 from moxin_plugin_vlm.objective import load_image
@@ -43,14 +44,9 @@ class VLMRuntime(Runtime):
         tok = self.tokenizer
         if not ids or ids[0] != tok.bos_token_id:  # the patches go after BOS
             ids = [tok.bos_token_id, *ids]
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=0.95)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        eos = list(dict.fromkeys(i for i in (tok.eos_token_id, *stop_ids) if i is not None))
         output = self.model.generate(torch.tensor([ids]), pixel_values=self._pixels(image),
-                                     eos_token_id=eos, pad_token_id=eos[0], **kwargs)
+                                     **generation_options(tok, max_new_tokens, temperature,
+                                                          stop_ids))
         return tok.decode(output[0], skip_special_tokens=True)
 
     def complete(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,

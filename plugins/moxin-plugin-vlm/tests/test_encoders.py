@@ -76,3 +76,30 @@ def test_timm_names_and_errors():
         timm_vit("no_such_vit")
     with pytest.raises(MoxinError, match="dinosiglip comes at"):
         dinosiglip(300)
+
+
+def test_the_full_size_vlm_builds_on_the_meta_device_for_fsdp(tmp_path):
+    """moxin-vlm as FSDP builds it: no weights read, no memory; decoder layers and both towers'
+    blocks are the units sharded one by one."""
+    from moxin_core.api import CausalLMFamily, Registry, resolve_model
+
+    from moxin_plugin_vlm.family import VLMFamily
+
+    registry = Registry()
+    text = CausalLMFamily()
+    config = dict(resolve_model(registry, "moxin-vlm").preset.config)
+    weights = tmp_path / "absent.safetensors"  # a sharded build never opens it
+    config["encoder"] = {**config["encoder"], "options": {**config["encoder"]["options"],
+                                                          "weights": {"dinov2": str(weights)}}}
+    config["lm"] = text.config_to_dict(resolve_model(registry, "moxin-7b").config())
+    config["lm"]["vocab_size"] = 32064
+    family = VLMFamily()
+    with torch.device("meta"):
+        model = family.build(config)
+    assert all(p.is_meta for p in model.parameters())
+    parts = {n: sum(p.numel() for p in getattr(model, n).parameters())
+             for n in ("vision", "projector", "language_model")}
+    assert parts["language_model"] == 8_114_180_096 + 64 * 4096 * 2
+    assert 7.2e8 < parts["vision"] < 7.4e8  # ViT-L/14 (304M) + so400m/14 (428M), no heads
+    kinds = {t.__name__ for t in family.block_types(model)}
+    assert "MistralDecoderLayer" in kinds and "Block" in kinds

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from moxin_core.api import IGNORE_INDEX
 from moxin_plugin_vlm.objective import VisionLanguageSFT
@@ -71,6 +72,7 @@ def test_frozen_parts_are_bit_identical_after_a_step(lm_folder, trainable, train
     objective, batch = _batch(processor)
     objective = VisionLanguageSFT(trainable=trainable)
     objective.setup(SimpleNamespace(model=model))
+    objective.prepare_model(model)  # what MoxinModule.configure_model calls
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     loss, _ = objective.loss(model, batch)
@@ -164,3 +166,42 @@ def test_presets_are_listed_before_their_language_model_exists(capsys):
     assert entries["moxin-vlm"]["parts"]["vision"] > 700_000_000  # DINOv2-L + SigLIP so400m
     print_models(list(entries.values()))
     assert "moxin-tiny-vlm" in capsys.readouterr().out
+
+
+def test_a_sharded_start_inherits_what_the_eager_build_inherits(lm_folder, tmp_path):
+    """start_state_dict (loaded over random weights when FSDP builds on the meta device) holds
+    what build() takes from elsewhere: the language model's weights with its padding rows, and
+    the encoder's weights file; the projector alone starts random."""
+    from safetensors.torch import save_file
+
+    from moxin_plugin_vlm.family import VLMFamily
+    from moxin_plugin_vlm.model import build_encoder
+
+    weights = tmp_path / "vit.safetensors"
+    save_file(build_encoder({"name": "tiny-vit"}).vit.state_dict(), str(weights))
+    family = VLMFamily()
+    preset = {"encoder": {"name": "tiny-vit", "options": {"weights": str(weights)}},
+              "projector": "gelu-mlp", "llm": str(lm_folder), "pad_token": "<PAD>",
+              "pad_to_multiple_of": 64}
+    config = family.bind_references(preset, {"llm": str(lm_folder)})
+    config = family.fit_config(config, family.fit_processor(family.load_processor(lm_folder),
+                                                            config))
+    state = family.start_state_dict(config)
+    eager = family.build(config).state_dict()
+    assert set(state) == {k for k in eager if not k.startswith("projector.")}
+    vit = {f"vision.vit.{k}": v for k, v in load_file(weights).items()}
+    assert vit and set(vit) <= set(state)
+    for key, value in state.items():
+        assert value.shape == eager[key].shape, key
+        if key in vit:  # the file's weights, here and in the eager build
+            assert torch.equal(value, vit[key]) and torch.equal(eager[key], vit[key])
+    source = load_file(lm_folder / "model.safetensors")
+    embed = state["language_model.model.embed_tokens.weight"]
+    rows = source["model.embed_tokens.weight"].shape[0]
+    assert embed.shape[0] % 64 == 0 and embed.shape[0] > rows
+    assert torch.equal(embed[:rows], source["model.embed_tokens.weight"])
+    assert 0 < embed[rows:].std() < 0.1  # new rows drawn small, as transformers draws them
+    with torch.device("meta"):  # the sharded build: structure only, nothing read
+        empty = family.build({**config, "encoder": {"name": "tiny-vit", "options": {
+            "weights": str(tmp_path / "absent.safetensors")}}})
+    assert all(p.is_meta for p in empty.parameters())

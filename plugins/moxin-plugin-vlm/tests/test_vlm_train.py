@@ -46,6 +46,10 @@ def test_tiny_vlm_trains_from_the_instruct_run_and_reloads(trained):
     assert manifest["data"]["stats"]["images"] == 12
     scores = json.loads((stage / "eval.json").read_text())["heldout-shapes"]
     assert scores["n"] == 12 and 0.0 <= scores["accuracy"] <= 1.0 and scores["chance"] > 0.2
+    # the variant also scores the untrained VLM (the demo's "before")
+    start = json.loads((stage / "eval_start.json").read_text())["heldout-shapes"]
+    assert result.start_evals == {"heldout-shapes": start} and start["n"] == 12
+    assert start["chance"] == scores["chance"] and not (stage / "start-model").exists()
     model, processor, family = load_model(str(stage))
     assert family.name == "vlm" and processor.transform.size == 32
     assert (stage / "tokenizer" / "image.json").exists()
