@@ -17,25 +17,11 @@ import torch
 from moxin_core.checkpointing import WEIGHTS, latest_checkpoint
 from moxin_core.errors import MoxinError
 from moxin_core.models.family import ModelFamily, get_family
+from moxin_core.models.loading import resolve_model_folder  # noqa: F401  (moxin_core.export's name too)
 
 MODULE_PREFIX = "model."  # MoxinModule keeps the trained model in `self.model`
 #: a stage folder's model description: ``{"family": NAME, "config": {...}}``
 STAGE_MODEL_FILE = "model.json"
-
-
-def resolve_model_folder(path: str | Path) -> Path:
-    """The model folder for ``path``: itself, or a stage folder's ``hf/``."""
-    path = Path(path).expanduser()
-    if (path / "config.json").exists() or (path / "moxin.json").exists():
-        return path
-    if (path / "hf" / "config.json").exists() or (path / "hf" / "moxin.json").exists():
-        return path / "hf"
-    if not path.exists():
-        raise MoxinError(f"Model {str(path)!r} does not exist. Give a stage folder "
-                         "(OUT/STAGE from `moxin train`) or a model folder.")
-    raise MoxinError(f"{str(path)!r} is neither a model folder (no config.json) nor a finished "
-                     "stage folder (no hf/). For an interrupted stage, run "
-                     f"`moxin export {path} --format hf --out DIR`, which uses its last checkpoint.")
 
 
 def write_stage_model(stage_dir: Path, family: ModelFamily, config: Any) -> None:

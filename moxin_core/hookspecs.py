@@ -129,7 +129,9 @@ def moxin_evaluators() -> dict[str, Factory]:
         :func:`moxin_core.api.load_model`, which goes through its family). A stage lists
         evaluators by name (``Stage.evaluators``), or as ``{"name": NAME, OPTION: VALUE}`` whose
         options go to the factory (an option it does not take is an error listing those it
-        does); ``moxin train`` runs them once (on rank 0,
+        does). ``factory(**options)`` is also called once when the variant is resolved, so that
+        it can reject bad options before training: keep it cheap and do the work in
+        ``evaluate``. ``moxin train`` runs them once (on rank 0,
         the other ranks waiting) on the stage's exported model folder, prints the scores and
         stores them in ``eval.json`` and the manifest. If ``evaluate`` has a ``reference``
         parameter it also receives the model the stage started from (for scores relative to it,

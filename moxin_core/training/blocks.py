@@ -15,7 +15,8 @@ from typing import Any
 from moxin_core.corpus import iter_corpus
 from moxin_core.data.datamodule import MoxinDataModule, build_mixture
 from moxin_core.errors import MoxinError
-from moxin_core.models.family import ModelFamily, ModelRef, family_for_source, resolve_model
+from moxin_core.models.family import ModelFamily, ModelRef, resolve_model
+from moxin_core.models.loading import load_model  # noqa: F401  (training.blocks' name too)
 from moxin_core.module import ModelRecipe, MoxinModule
 from moxin_core.objectives.base import Objective
 from moxin_core.tokenizer import train_tokenizer
@@ -85,19 +86,6 @@ def _shape_only(family: ModelFamily, config: Any) -> Any:
 
     with torch.device("meta"):
         return family.build(config)
-
-
-def load_model(source: str | Path, registry: Any = None) -> tuple[Any, Any, ModelFamily]:
-    """``(model, processor, family)`` of a trained model: a stage folder, a model folder or a
-    hub id, through its family (``registry``: the installed plugins by default); the model in
-    eval mode on the CPU."""
-    from moxin_core.export import resolve_model_folder
-    from moxin_core.plugins import Registry
-
-    registry = registry or Registry()
-    folder = resolve_model_folder(source) if Path(source).expanduser().exists() else str(source)
-    family = family_for_source(registry, str(folder))
-    return family.load(str(folder)).eval(), family.load_processor(folder), family
 
 
 def ensure_embedded_tokenizer(out: Path, vocab_size: int) -> Path:

@@ -39,7 +39,9 @@ def resolve_variant(registry: Any, name: str, config: str | None = None,
             resolve_model(registry, stage.model).config()  # unknown preset/path: clear error now
         for evaluator, options in evaluator_specs(
                 stage.evaluators, f"stage {stage.name!r} of variant {variant.name!r}"):
-            evaluator_factory(registry, evaluator, options)  # bad options fail before training
+            # bad options fail before training: built once here (evaluators are cheap to build;
+            # their work happens when called), so their own checks run too
+            evaluator_factory(registry, evaluator, options)(**options)
         for spec in stage.data:
             registry.get("data_sources", spec.source)
     return variant

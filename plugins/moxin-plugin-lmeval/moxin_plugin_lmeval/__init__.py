@@ -1,0 +1,1 @@
+"""moxin-plugin-lmeval: ``moxin eval`` through lm-evaluation-harness."""
