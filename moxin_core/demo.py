@@ -4,9 +4,10 @@ Tokenizer -> ``moxin-tiny-base`` (three pretraining phases) -> ``moxin-tiny-inst
 with held-out accuracy after each -> ``moxin-tiny-reasoning`` (reasoning SFT, GRPO) with held-out
 maths accuracy before and after GRPO -> ``moxin-tiny-vlm`` (a vision encoder and projector on the
 instruct model, trained on pictures of shapes) with held-out accuracy against chance -> HF export
-of the instruct model -> GGUF ``q8_0`` export answering one chat turn through llama.cpp. The
-instruct, reasoning, VLM and GGUF steps come from plugins (looked up by registry name, the core
-never imports them) and are skipped with a note when those plugins are not installed.
+of the instruct model -> GGUF ``q8_0`` export answering one chat turn through llama.cpp -> the
+lm-eval ``tiny`` suite on every stage's language model and the GGUF file, side by side. The
+instruct, reasoning, VLM, GGUF and lm-eval steps come from plugins (looked up by registry name,
+the core never imports them) and are skipped with a note when those plugins are not installed.
 Figures are printed and stored in ``<out>/demo_summary.json``.
 """
 
@@ -32,6 +33,9 @@ VLM_VARIANT = "moxin-tiny-vlm"
 SHAPES_EVALUATOR = "heldout-shapes"
 ARITHMETIC_EVALUATOR = "heldout-arithmetic"
 MATH_EVALUATOR = "heldout-math"
+LM_EVAL = "lm-eval"
+#: documents per task of the lm-eval ``tiny`` suite in the demo
+LM_EVAL_LIMIT = 200
 DEMO_PROMPT = "Question: Mia has 12 apples. She buys 7 more apples."
 DEMO_QUESTION = "Mia has 12 apples. She buys 7 more. How many apples does Mia have now?"
 
@@ -56,7 +60,8 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
     gguf = _has(registry, "exporters", "gguf")
     reasoning = instruct and _has(registry, "variants", REASONING_VARIANT)
     vision = instruct and _has(registry, "variants", VLM_VARIANT)
-    steps = 5 + instruct + reasoning + vision + gguf
+    lm_eval = _has(registry, "evaluators", LM_EVAL)
+    steps = 5 + instruct + reasoning + vision + gguf + lm_eval
     step = iter(range(1, steps + 1))
     first = resolve_model(registry, variant.stages[0].model)
     vocab = first.family.vocab_size(first.config())
@@ -114,6 +119,19 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
         chat_reply = runtime.chat([{"role": "user", "content": DEMO_QUESTION}], max_new_tokens=48)
     else:
         print("(moxin-plugin-gguf is not installed: skipping the GGUF export)")
+    suite: list[tuple[str, dict[str, float]]] = []
+    if lm_eval:
+        print(f"[{next(step)}/{steps}] Scoring every stage's language model with lm-eval (suite "
+              f"tiny, {LM_EVAL_LIMIT} questions per task) ...")
+        scorer = registry.get("evaluators", LM_EVAL)(suite="tiny", limit=LM_EVAL_LIMIT)
+        for r in results:
+            folder = r.out_dir / "hf"
+            if resolve_model(registry, str(folder)).family.name == "causal-lm":  # not the VLM
+                suite.append((r.name, scorer(str(folder))))
+        if gguf_path is not None:
+            suite.append(("GGUF q8_0", scorer(str(gguf_path))))
+    else:
+        print("(moxin-plugin-lmeval is not installed: skipping the lm-eval table)")
     wall = time.perf_counter() - started
 
     print("\n" + "=" * 76)
@@ -158,6 +176,12 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
         print(f"  held-out shapes questions (VLM) after training  {shapes['accuracy']:.0%} right, "
               f"colour and shape {shapes[both]:.0%} ({shapes['n']:.0f} questions; guessing: "
               f"{shapes['chance']:.0%}, colour and shape {shapes['chance/colour+shape']:.0%})")
+    if suite:
+        columns = [k for k in suite[0][1] if k != "average"]
+        print(f"  lm-eval suite tiny ({LM_EVAL_LIMIT} questions per task, % right):")
+        print("    " + f"{'model':<16}" + "".join(f"{c:>10}" for c in columns))
+        for name, scores in suite:
+            print("    " + f"{name:<16}" + "".join(f"{100 * scores[c]:>10.1f}" for c in columns))
     print(f"  HF export:   {export_dir}  (AutoModelForCausalLM.from_pretrained loads it)")
     print(f"  loss plots:  {out}/<stage>/loss.png")
     print(f"  prompt:      {DEMO_PROMPT}")
@@ -179,6 +203,7 @@ def run_demo(out: str | Path = "runs/demo", fresh: bool = True,
         "heldout_math_accuracy": {k: v["pass@1"] for k, v in maths.items()},
         "heldout_shapes": shapes or None,
         "heldout_shapes_before": shapes_before or None,
+        "lm_eval_tiny": dict(suite) or None,
         "hf_export": str(export_dir),
         "sample": {"prompt": DEMO_PROMPT, "completion": sample},
         "gguf": str(gguf_path) if gguf_path else None,

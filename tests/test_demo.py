@@ -115,3 +115,18 @@ def test_demo_trains_exports_and_generates(tmp_path):
     assert (out / "model-q8_0.gguf.verify.json").exists()
     assert stored["gguf_chat"]["assistant"].strip()
     assert "llama.cpp chat" in summary
+
+    # the lm-eval tiny suite: every stage's language model and the q8_0 GGUF side by side
+    if "lm-eval" not in registry.names("evaluators"):
+        assert "moxin-plugin-lmeval is not installed" in result.stdout
+        return
+    table = stored["lm_eval_tiny"]
+    expected = [*stages, "sft", "dpo"]
+    if "moxin-tiny-reasoning" in registry.names("variants"):
+        expected += ["reasoning-sft", "grpo"]
+    assert list(table) == [*expected, "GGUF q8_0"]  # the VLM is not a text model: left out
+    assert all(set(scores) == {"tiny-mc", "tiny-gen", "average"} for scores in table.values())
+    # the GGUF file is the DPO model: llama.cpp's q8_0 scores stay within a few questions of it
+    assert abs(table["GGUF q8_0"]["tiny-mc"] - table["dpo"]["tiny-mc"]) <= 0.03, table
+    assert re.search(r"lm-eval suite tiny \(200 questions per task, % right\)", summary)
+    assert re.search(r"GGUF q8_0\s+\d+\.\d\s+\d+\.\d", summary), summary
