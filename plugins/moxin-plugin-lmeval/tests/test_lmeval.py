@@ -160,3 +160,24 @@ def test_include_path_adds_the_users_own_tasks(hf_folder, tmp_path):
     payload = json.loads(result.stdout[result.stdout.index("{"):])
     assert payload["columns"][0]["task"] == "my_task"
     assert 0.0 <= payload["models"][0]["scores"]["my_task"] <= 1.0
+
+
+def test_competition_answers_are_checked_from_the_last_box():
+    """moxin_amc and moxin_olympiadbench (not in lm-eval; their data needs the hub): the last
+    \\boxed{} against the reference, equivalent forms accepted."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("moxin_math", TASKS_DIR / "moxin_math.py")
+    math = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(math)
+    assert math.last_boxed(r"so \boxed{3} then \boxed{\frac{1}{2}}.") == r"\frac{1}{2}"
+    assert math.last_boxed("no box") is None and math.last_boxed(r"\boxed{unclosed") is None
+    amc = {"problem": "What is 1/2 + 1/4?", "answer": "0.75"}
+    assert math.process_results(amc, [r"It is \boxed{\frac{3}{4}}."]) == {"exact_match": 1}
+    assert math.process_results(amc, [r"\boxed{0.75}"]) == {"exact_match": 1}
+    assert math.process_results(amc, [r"\boxed{0.7}"]) == {"exact_match": 0}
+    assert math.process_results(amc, ["0.75"]) == {"exact_match": 0}  # no box, no credit
+    olympiad = {"question": "Find x.", "final_answer": ["$2\\sqrt{2}$"]}
+    assert math.answer_of(olympiad) == "$2\\sqrt{2}$"
+    assert math.process_results(olympiad, [r"\boxed{2\sqrt{2}}"]) == {"exact_match": 1}
+    assert math.doc_to_text(amc).endswith("output the final answer within \\boxed{}.")
