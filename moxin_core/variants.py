@@ -137,12 +137,12 @@ class Stage:
             "objective_options": dict(self.objective_options),
             "data_sources": [{"source": d.source, "weight": d.weight, **d.options} for d in self.data],
             "model": self.model,
+            # every field (a YAML variant written from `moxin variants --json` is complete), and
+            # the global batch per optimizer step over every device (devices="auto": one)
             "hyper_parameters": {
-                "max_steps": hp.max_steps, "seq_len": hp.seq_len,
-                # per optimizer step over every device (devices="auto": counted as one)
+                **dataclasses.asdict(hp),
                 "global_batch": hp.micro_batch_size * hp.grad_accum * hp.num_nodes
                 * (hp.devices if isinstance(hp.devices, int) else 1),
-                "lr": hp.lr, "schedule": hp.schedule, "precision": hp.precision,
             },
             "description": self.description,
             "evaluators": [e if isinstance(e, str) else dict(e) for e in self.evaluators],
@@ -205,7 +205,9 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
     ``model``/``tokenizer``/``objective_options.X``. Unknown keys are errors listing valid ones.
     """
     stage_names = [s.name for s in variant.stages]
-    for key, raw in overrides.items():
+    # a new objective first: its options (set in the same call) then apply to it
+    ordered = sorted(overrides.items(), key=lambda item: item[0].rpartition(".")[2] != "objective")
+    for key, raw in ordered:
         targets = variant.stages
         name = key
         head, _, tail = key.partition(".")
@@ -217,6 +219,11 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
                 setattr(stage.hparams, name, _coerce(name, raw, current))
             elif name in ("model", "tokenizer"):
                 setattr(stage, name, raw)
+            elif name == "objective":
+                if not isinstance(raw, str) or not raw.strip():
+                    raise MoxinError(f"{where}: {key} must be an objective name, got {raw!r}.")
+                if raw != stage.objective:  # the old objective's options are not the new one's
+                    stage.objective, stage.objective_options = raw.strip(), {}
             elif name == "evaluators":
                 value = yaml.safe_load(raw) if isinstance(raw, str) else raw
                 if not isinstance(value, list):
@@ -238,8 +245,8 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
             else:
                 raise MoxinError(
                     f"Unknown setting {key!r} in {where}. Settable: {', '.join(_HPARAM_FIELDS)}, "
-                    "model, tokenizer, data, evaluators, evaluate_start, references.ROLE, "
-                    "objective_options.NAME; prefix with a stage name "
+                    "objective, model, tokenizer, data, evaluators, evaluate_start, "
+                    "references.ROLE, objective_options.NAME; prefix with a stage name "
                     f"({', '.join(stage_names)}) to change one stage only.")
 
 
@@ -306,3 +313,108 @@ def load_config_file(path: str) -> dict[str, Any]:
 
 def stage_to_dict(stage: Stage) -> dict[str, Any]:
     return dataclasses.asdict(stage)
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants written as YAML files: `moxin train my-variant.yaml`
+# ---------------------------------------------------------------------------------------------
+
+VARIANT_FILE_SUFFIXES = (".yaml", ".yml")
+_VARIANT_KEYS = ("name", "description", "tokenizer", "stages")
+_STAGE_KEYS = ("name", "objective", "description", "model", "tokenizer", "data", "data_sources",
+               "objective_options", "hyper_parameters", "hparams", "evaluators", "evaluate_start",
+               "references")
+
+
+def is_variant_file(name: str) -> bool:
+    return name.endswith(VARIANT_FILE_SUFFIXES)
+
+
+def load_variant_file(path: str) -> Variant:
+    """A variant written as YAML, with the keys ``moxin variants --json`` shows::
+
+        name: my-variant            # default: the file's name
+        description: ...
+        tokenizer: embedded         # the stages' default tokenizer
+        stages:
+          - name: pretrain
+            objective: lm
+            model: moxin-tiny       # a preset, folder, hub id, previous (default), variant:NAME
+            data: [{source: embedded, weight: 1.0, num_documents: 20000}]   # or data_sources
+            objective_options: {}
+            hyper_parameters: {max_steps: 100, seq_len: 128, lr: 0.003, ...}  # or hparams
+            evaluators: [...]
+            evaluate_start: false
+            references: {}
+
+    Every key is checked (an unknown one is an error naming the file, the stage and the keys
+    known), values go through the same coercion and checks as ``--set``.
+    """
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise MoxinError(f"Variant file {path!r} does not exist; `moxin train` takes a variant "
+                         "name (`moxin variants` lists them) or a .yaml variant file.")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise MoxinError(f"Variant file {path}: not valid YAML ({exc}).") from None
+    if not isinstance(data, dict):
+        raise MoxinError(f"Variant file {path}: expected a mapping with `stages`, got "
+                         f"{type(data).__name__}.")
+    unknown = sorted(set(data) - set(_VARIANT_KEYS))
+    if unknown:
+        raise MoxinError(f"Variant file {path}: unknown key {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(_VARIANT_KEYS)}.")
+    entries = data.get("stages")
+    if not isinstance(entries, list) or not entries:
+        raise MoxinError(f"Variant file {path}: `stages` must be a non-empty list of stages.")
+    variant = Variant(name=str(data.get("name") or file.stem), stages=[],
+                      description=str(data.get("description") or ""),
+                      tokenizer=data.get("tokenizer"))
+    overrides: dict[str, Any] = {}
+    for index, entry in enumerate(entries):
+        where = f"variant file {path}, stage {index + 1}"
+        if not isinstance(entry, dict) or not entry.get("name") or not entry.get("objective"):
+            raise MoxinError(f"{where}: each stage needs at least `name` and `objective`.")
+        name = str(entry["name"])
+        unknown = sorted(set(entry) - set(_STAGE_KEYS))
+        if unknown:
+            raise MoxinError(f"{where} ({name!r}): unknown key {', '.join(map(repr, unknown))}; "
+                             f"known: {', '.join(_STAGE_KEYS)}.")
+        if name in [s.name for s in variant.stages]:
+            raise MoxinError(f"{where}: a second stage named {name!r}; stage names are unique.")
+        data_entries = entry.get("data", entry.get("data_sources"))
+        if data_entries is None:
+            raise MoxinError(f"{where} ({name!r}): `data` (or `data_sources`) is missing.")
+        stage = Stage(name=name, objective=str(entry["objective"]),
+                      data=_data_specs(data_entries, f"{where} ({name!r})"),
+                      description=str(entry.get("description") or ""))
+        variant.stages.append(stage)
+        hparams = dict(entry.get("hyper_parameters") or entry.get("hparams") or {})
+        batch = hparams.pop("global_batch", None)
+        for key, value in hparams.items():
+            overrides[f"{name}.{key}"] = value
+        for key in ("model", "tokenizer", "evaluators", "evaluate_start"):
+            if entry.get(key) is not None:
+                overrides[f"{name}.{key}"] = entry[key]
+        for group in ("objective_options", "references"):
+            options = entry.get(group) or {}
+            if not isinstance(options, dict):
+                raise MoxinError(f"{where} ({name!r}): `{group}` must be a mapping.")
+            for key, value in options.items():
+                overrides[f"{name}.{group}.{key}"] = value
+        overrides[f"{name}.__global_batch"] = batch
+    checks = {k: v for k, v in overrides.items() if k.endswith(".__global_batch")}
+    apply_overrides(variant, {k: v for k, v in overrides.items() if k not in checks},
+                    f"variant file {path}")
+    for key, batch in checks.items():
+        stage = variant.stage(key.split(".")[0])
+        computed = stage.summary()["hyper_parameters"]["global_batch"]
+        if batch is not None and batch != computed:
+            raise MoxinError(f"Variant file {path}, stage {stage.name!r}: global_batch {batch} "
+                             f"does not match micro_batch_size x grad_accum x devices x "
+                             f"num_nodes = {computed}; set those instead (global_batch is "
+                             "derived).")
+    return variant

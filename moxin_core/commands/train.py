@@ -42,7 +42,8 @@ class TrainCommand(Command):
     help = "run a variant's stages"
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("variant")
+        parser.add_argument("variant", help="a variant name (`moxin variants`) or a .yaml variant "
+                            "file with the keys `moxin variants --json` shows")
         parser.add_argument("--out", required=True, help="run folder (one subfolder per stage)")
         parser.add_argument("--stage", help="run only this stage")
         parser.add_argument("--max-steps", type=int, help="override max_steps of every stage")

@@ -11,14 +11,18 @@ from moxin_core.errors import MoxinError
 from moxin_core.models.family import resolve_model
 from moxin_core.training.blocks import EMBEDDED_TOKENIZER, ensure_embedded_tokenizer
 from moxin_core.variants import (PREVIOUS, VARIANT_PREFIX, Stage, Variant, apply_overrides,
-                              evaluator_specs,
-                                 load_config_file)
+                                 evaluator_specs, is_variant_file, load_config_file,
+                                 load_variant_file)
 
 
 def resolve_variant(registry: Any, name: str, config: str | None = None,
                     sets: Sequence[str] = (), max_steps: int | None = None) -> Variant:
-    """The variant with config-file and ``--set`` overrides applied and validated."""
-    variant = copy.deepcopy(registry.get("variants", name)())
+    """The variant (a registered name, or a ``.yaml`` variant file) with config-file and
+    ``--set`` overrides applied and validated."""
+    if is_variant_file(name):
+        variant = load_variant_file(name)
+    else:
+        variant = copy.deepcopy(registry.get("variants", name)())
     if config:
         apply_overrides(variant, load_config_file(config), f"config file {config!r}")
     overrides = {}
