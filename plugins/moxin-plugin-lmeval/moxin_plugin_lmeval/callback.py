@@ -5,10 +5,12 @@ the run's loggers as ``lm-eval/<column>`` (TensorBoard, ``logs/metrics.csv``) an
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 
 from moxin_core.api import MoxinError
@@ -43,8 +45,13 @@ class LmEvalCallback(pl.Callback):
             return
         model = pl_module.model
         was_training = model.training
-        with torch.random.fork_rng(devices=[]):
+        # lm-eval seeds Python, NumPy and torch (every CUDA device too): the run's random state
+        # is put back, so training goes on as it would without the evaluation
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
             scores = self.evaluator.score(model, getattr(pl_module, "processor", None))
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
         model.train(was_training)
         self.history.append({"step": step, **scores})
         metrics = {f"lm-eval/{k}": v for k, v in scores.items()}

@@ -110,19 +110,22 @@ class GGUFLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False,
                               **kwargs: Any) -> list[tuple[float, bool]]:
-        # longest contexts first, choices of one question together: the cache is reused
+        # requests of one context (a question's choices) together: its KV cache is reused
         order = sorted(range(len(requests)),
-                       key=lambda i: (-len(requests[i][1]) - len(requests[i][2]),
-                                      tuple(requests[i][1])))
+                       key=lambda i: (tuple(requests[i][1]), len(requests[i][2])))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         for i in tqdm(order, disable=disable_tqdm, desc="llama.cpp loglikelihood"):
             _, context, continuation = requests[i]
+            if not continuation:  # nothing to score (as lm-eval's HFLM answers)
+                results[i] = (0.0, True)
+                continue
             whole = (context + continuation)[-(self.max_length + 1):]
             inputs = whole[:-1]
-            logits = self._evaluate(inputs)[-len(continuation):].astype(np.float64)
+            scored = min(len(continuation), len(inputs))  # a continuation longer than the window
+            logits = self._evaluate(inputs)[-scored:].astype(np.float64)
             logits -= logits.max(axis=-1, keepdims=True)
             logprobs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-            targets = np.asarray(continuation)
+            targets = np.asarray(continuation[-scored:], dtype=np.int64)
             total = float(logprobs[np.arange(len(targets)), targets].sum())
             greedy = bool((logprobs.argmax(axis=-1) == targets).all())
             results[i] = (total, greedy)
@@ -151,11 +154,15 @@ class GGUFLM(TemplateLM):
             options = dict(options or {})
             until = options.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
-            max_new = int(options.pop("max_gen_toks", 256))
+            max_new = int(options.pop("max_gen_toks", options.pop("max_new_tokens", 256)))
             temperature = float(options.pop("temperature", 0.0) or 0.0)
             if not options.pop("do_sample", False):
                 temperature = 0.0
-            prompt = self.tok_encode(context)[-(self.max_length - max_new):]
+            # the prompt keeps at least half the window; generation gets the rest, at most what
+            # the task asks for (a task asking for more than the window is cut to fit)
+            prompt = self.tok_encode(context)
+            prompt = prompt[-(self.max_length - min(max_new, self.max_length // 2)):]
+            max_new = min(max_new, self.max_length - len(prompt))
             self._previous = []  # generation manages the cache itself
             self.llama.reset()
             completion = self.llama.create_completion(

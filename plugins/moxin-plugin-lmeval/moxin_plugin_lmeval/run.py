@@ -164,7 +164,8 @@ def load_lm(model: Any, batch_size: int = DEFAULT_BATCH_SIZE, tokenizer: Any = N
     if not isinstance(model, (str, Path)):
         if tokenizer is None:
             raise MoxinError("Scoring a model in memory needs its tokenizer (tokenizer=...).")
-        return hf_lm(model, tokenizer, batch_size), type(model).__name__
+        # a model in memory (being trained) stays where it is
+        return hf_lm(model, tokenizer, batch_size, place=False), type(model).__name__
     text = str(model)
     path = Path(text).expanduser()
     if path.suffix == ".gguf" or (path.is_file() and _is_gguf(path)):
@@ -206,12 +207,13 @@ def _is_gguf(path: Path) -> bool:
         return handle.read(4) == b"GGUF"
 
 
-def hf_lm(model: Any, tokenizer: Any, batch_size: int) -> Any:
-    """lm-eval's ``HFLM`` over a loaded transformers model (on the GPU when there is one)."""
+def hf_lm(model: Any, tokenizer: Any, batch_size: int, place: bool = True) -> Any:
+    """lm-eval's ``HFLM`` over a loaded transformers model; ``place``: moved to the GPU when
+    there is one (a model this run loaded; never a model in memory that is being trained)."""
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
+    if place and torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
         model = model.to("cuda")
     logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)  # instance warning
     return HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=batch_size)

@@ -181,3 +181,27 @@ def test_competition_answers_are_checked_from_the_last_box():
     assert math.answer_of(olympiad) == "$2\\sqrt{2}$"
     assert math.process_results(olympiad, [r"\boxed{2\sqrt{2}}"]) == {"exact_match": 1}
     assert math.doc_to_text(amc).endswith("output the final answer within \\boxed{}.")
+
+
+def test_gguf_edge_requests_empty_continuation_and_long_generation(gguf):
+    from types import SimpleNamespace
+
+    from moxin_plugin_lmeval.gguf_lm import GGUFLM
+
+    lm = GGUFLM(gguf("f32"))
+    context = lm.tok_encode("Question: Mia has 12 apples.")
+    # nothing to score: what lm-eval's HFLM answers, not a crash
+    assert lm._loglikelihood_tokens([(None, context, [])], disable_tqdm=True) == [(0.0, True)]
+    # a continuation longer than the window: scored over what fits
+    (total, _), = lm._loglikelihood_tokens([(None, context, [5] * (lm.max_length + 10))],
+                                           disable_tqdm=True)
+    assert total < 0
+    # a task asking for more new tokens than the window holds is cut to fit (AMC asks 8192)
+    request = SimpleNamespace(args=("Question: What is 2 + 3?\nAnswer:",
+                                    {"until": ["\n"], "max_gen_toks": 10 * lm.max_length}))
+    (reply,) = lm.generate_until([request], disable_tqdm=True)
+    assert isinstance(reply, str) and "\n" not in reply
+    alias = SimpleNamespace(args=("Question: What is 2 + 3?\nAnswer:",
+                                  {"until": [], "max_new_tokens": 3}))
+    (short,) = lm.generate_until([alias], disable_tqdm=True)
+    assert len(lm.tok_encode(short, add_special_tokens=False)) <= 3

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from moxin_core.api import MoxinError, train_variant
+from moxin_core.reporting import sha256_file
 
 SETS = ["pretrain-128.model=moxin-nano", "seq_len=64", "micro_batch_size=4", "warmup_steps=1",
         "checkpoint_every=2", "log_every=1", "max_steps=4"]
@@ -31,6 +32,11 @@ def test_a_stage_scores_its_model_during_and_after_training(tmp_path):
     with open(stage / "logs" / "metrics.csv") as handle:
         logged = [row for row in csv.DictReader(handle) if row.get("lm-eval/tiny-mc")]
     assert [int(row["step"]) for row in logged] == [2, 4]
+    # scoring during training leaves the run as it was: the same weights without it
+    plain = "pretrain-128.evaluators=[{name: lm-eval, suite: tiny, limit: 8}]"
+    train_variant("moxin-tiny-base", tmp_path / "plain", stage="pretrain-128", sets=[*SETS, plain])
+    assert sha256_file(stage / "hf" / "model.safetensors") == \
+        sha256_file(tmp_path / "plain" / "pretrain-128" / "hf" / "model.safetensors")
 
 
 def test_bad_lm_eval_options_fail_before_training(tmp_path):
