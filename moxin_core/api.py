@@ -19,6 +19,7 @@ first use, so ``from moxin_core.api import hookimpl`` in a plugin's entry module
 * building blocks: ``build_objective``, ``build_datamodule``, ``build_module``,
   ``ensure_embedded_tokenizer``, ``train_variant``, ``run_evaluators``
 * command line: ``Command``
+* runs: ``kept_random_state`` (work that leaves a run's random numbers untouched)
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ _EXPORTS: dict[str, str] = {
     "save_model": "moxin_core.export",
     "resolve_model_folder": "moxin_core.models.loading",
     "MoxinModule": "moxin_core.module",
+    "kept_random_state": "moxin_core.callbacks",
     "ModelRecipe": "moxin_core.module",
     "load_tokenizer": "moxin_core.tokenizer",
     "reply_stop_ids": "moxin_core.tokenizer",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -65,6 +67,20 @@ class TokenThroughput(ThroughputMonitor):
     def mean_tokens_per_second(self) -> float:
         """This rank's tokens/s after the warm-up batches."""
         return self.tokens / self.seconds if self.seconds else 0.0
+
+
+@contextlib.contextmanager
+def kept_random_state() -> Iterator[None]:
+    """Python, NumPy, torch CPU and every CUDA device's random state put back after the block:
+    work done inside it (scoring a model, which may reseed them) leaves a run's random numbers
+    as they would have been without it."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 class RNGState(pl.Callback):

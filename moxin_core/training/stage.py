@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
 import shutil
 import time
 import warnings
@@ -33,7 +32,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from moxin_core import distributed
-from moxin_core.callbacks import CheckpointOnTerminate, MetricsHistory, RNGState, TokenThroughput
+from moxin_core.callbacks import (CheckpointOnTerminate, MetricsHistory, RNGState, TokenThroughput,
+                                   kept_random_state)
 from moxin_core.checkpointing import FolderCheckpointIO, latest_checkpoint
 from moxin_core.errors import MoxinError
 from moxin_core.export import model_from_state, save_atomically, write_stage_model
@@ -300,14 +300,9 @@ def _evaluate_start(registry: Registry, stage: Stage, stage_dir: Path, family: A
     if stored.exists():
         return json.loads(stored.read_text())
     folder = stage_dir / "start-model"
-    import numpy as np
-
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+    with kept_random_state():
         save_atomically(family, model, processor, folder, processor_source)
         scores = run_evaluators(registry, stage.evaluators, folder, init)
-    random.setstate(python_state)
-    np.random.set_state(numpy_state)
     shutil.rmtree(folder, ignore_errors=True)
     write_json_atomic(stored, scores)
     return scores

@@ -5,15 +5,12 @@ the run's loggers as ``lm-eval/<column>`` (TensorBoard, ``logs/metrics.csv``) an
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
-import torch
 
-from moxin_core.api import MoxinError
+from moxin_core.api import MoxinError, kept_random_state
 
 from moxin_plugin_lmeval.evaluator import LmEval
 
@@ -47,11 +44,8 @@ class LmEvalCallback(pl.Callback):
         was_training = model.training
         # lm-eval seeds Python, NumPy and torch (every CUDA device too): the run's random state
         # is put back, so training goes on as it would without the evaluation
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        with kept_random_state():
             scores = self.evaluator.score(model, getattr(pl_module, "processor", None))
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
         model.train(was_training)
         self.history.append({"step": step, **scores})
         metrics = {f"lm-eval/{k}": v for k, v in scores.items()}
