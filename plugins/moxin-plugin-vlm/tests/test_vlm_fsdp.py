@@ -36,6 +36,11 @@ def _train(out, lm_folder, *extra: str) -> subprocess.CompletedProcess:
 
 def test_fsdp_trains_the_vlm_from_its_language_models_weights(tmp_path, lm_folder):
     result = _train(tmp_path, lm_folder)
+    if result.returncode != 0 and "Connection closed by peer" in result.stderr:
+        # gloo's TCP transport on this CPU dropped a rank once in ~6 fresh runs (a rank's own
+        # error never reached the log); one clean retry in a new folder, the checks unchanged
+        tmp_path = tmp_path / "retry"
+        result = _train(tmp_path, lm_folder)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "stage vlm: 3 steps" in result.stdout and "on 2 ranks" in result.stdout
     stage = tmp_path / "vlm"
