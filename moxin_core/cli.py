@@ -15,12 +15,21 @@ from typing import Any
 from moxin_core.errors import MoxinError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with moxin's error format: one paragraph, the command and how to get help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"moxin: error: {self.prog}: {message}. Run `{self.prog} --help` for the options.",
+              file=sys.stderr)
+        self.exit(2)
+
+
 def build_parser(registry: Any) -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     """The parser with one sub-parser per registered command, and ``{verb: command}``.
 
     A duplicate command name (two plugins) or a broken command is reported and left out.
     """
-    parser = argparse.ArgumentParser(prog="moxin", description="Train, export and run the Moxin "
+    parser = _Parser(prog="moxin", description="Train, export and run the Moxin "
                                      "model family with plugins.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     commands: dict[str, Any] = {}
@@ -63,9 +72,6 @@ def main(argv: Sequence[str] | None = None, registry: Any = None) -> int:
     except KeyboardInterrupt:
         print("moxin: interrupted", file=sys.stderr)
         return 130
-    except FloatingPointError as exc:
-        print(f"moxin: error: {exc}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

@@ -316,7 +316,8 @@ class Registry:
         failed = self.pm.failed
         if failed:
             message += " These plugins failed to load and may provide it: " + "; ".join(
-                f"{info.distribution} ({info.name}): {info.error}" for info in failed) + "."
+                f"{info.distribution} ({info.name}): {info.error.rstrip('.')}"
+                for info in failed) + "."
             raise PluginLoadError(message)
         raise MoxinError(message + " Run `moxin plugins` to see what is installed.")
 

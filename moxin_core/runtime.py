@@ -118,6 +118,7 @@ class TransformersRuntime(Runtime):
         family = CausalLMFamily()
         self.tokenizer = family.load_processor(source)
         self.model = family.load(source).eval()
+        family.check(self.model, self.tokenizer, 0, f"model {model!r}")
 
     def _generate(self, ids: Any, max_new_tokens: int, temperature: float,
                   stop_ids: Sequence[int] = ()) -> str:

@@ -144,7 +144,7 @@ def save_tokenizer_folder(model_proto: bytes, out: str | Path) -> Path:
             "chat_template": CHAT_TEMPLATE,
         }
         (staging / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-        tokenizer = AutoTokenizer.from_pretrained(staging)
+        tokenizer = AutoTokenizer.from_pretrained(staging, trust_remote_code=False)
         # special: skipped by decode(skip_special_tokens=True), never split inside text
         tokenizer.add_special_tokens({"extra_special_tokens": list(CHAT_SPECIAL_TOKENS)})
         tokenizer.chat_template = CHAT_TEMPLATE
@@ -159,19 +159,60 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | Path) -> P
     return save_tokenizer_folder(train_sentencepiece(texts, vocab_size), out)
 
 
+#: files that hold a tokenizer's vocabulary (a folder with none of them holds no tokenizer)
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json",
+                    "vocab.txt", "sentencepiece.bpe.model")
+
+
 def load_tokenizer(path: str | Path):
-    """Load a tokenizer folder (or hub id) with transformers; clear error when it is missing."""
+    """Load a tokenizer folder (or hub id) with transformers; clear errors when it is missing,
+    holds no vocabulary or a damaged ``tokenizer.model``."""
     from transformers import AutoTokenizer
 
     local = Path(path).expanduser()
     if str(path).startswith((".", "/", "~")) and not local.exists():
         raise MoxinError(f"Tokenizer folder {str(path)!r} does not exist. Train one with "
                          "`moxin tokenizer train --corpus embedded --vocab-size 4096 --out DIR`.")
+    if local.exists():
+        check_tokenizer_folder(local)
     try:
-        return AutoTokenizer.from_pretrained(local if local.exists() else str(path))
+        return AutoTokenizer.from_pretrained(local if local.exists() else str(path),
+                                             trust_remote_code=False)
     except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise MoxinError(f"Could not load a tokenizer from {str(path)!r}: "
-                         f"{type(exc).__name__}: {exc}") from None
+                         f"{type(exc).__name__}: {first_line}. Give a tokenizer folder "
+                         "(tokenizer.json or tokenizer.model with tokenizer_config.json) or a "
+                         "hub id reachable from this machine.") from None
+
+
+def check_tokenizer_folder(folder: Path) -> None:
+    """Refuse a local tokenizer "folder" that is a file, has no vocabulary file (transformers
+    would build an empty tokenizer from ``tokenizer_config.json`` alone) or a ``tokenizer.model``
+    sentencepiece cannot read (it is copied into every exported model)."""
+    if not folder.is_dir():
+        raise MoxinError(f"Tokenizer {str(folder)!r} is a file; give the tokenizer's folder (with "
+                         "tokenizer.json or tokenizer.model, and tokenizer_config.json).")
+    if not any((folder / name).is_file() for name in VOCABULARY_FILES):
+        raise MoxinError(f"Tokenizer folder {str(folder)!r} holds no vocabulary: none of "
+                         f"{', '.join(VOCABULARY_FILES)}. Moxin tokenizers keep tokenizer.model "
+                         "and tokenizer.json; copy the whole folder again, or train one with "
+                         "`moxin tokenizer train`.")
+    model = folder / "tokenizer.model"
+    if model.is_file():
+        import re
+
+        import sentencepiece as spm
+
+        data = model.read_bytes()
+        if re.match(rb"[A-Za-z0-9+/=]+ \d+\r?\n", data):
+            return  # a tiktoken vocabulary ("<base64 token> <rank>" lines), not sentencepiece
+        try:
+            spm.SentencePieceProcessor(model_proto=data)
+        except Exception:  # sentencepiece's own message is a protobuf parser's
+            raise MoxinError(f"{model} cannot be read by sentencepiece: it is no sentencepiece "
+                             "model, or it was truncated or overwritten. Copy the tokenizer "
+                             "folder again or train one with `moxin tokenizer train`.") from None
 
 
 def reply_stop_ids(tokenizer) -> list[int]:

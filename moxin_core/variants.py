@@ -63,6 +63,10 @@ class HyperParameters:
     #: only its part of every source (moxin_core.data.stream)
     data_sharding: str = "examples"
     data_workers: int = 0  # data-loader worker processes per rank (0: in the training process)
+    #: a non-finite loss or gradient: ``stop`` the run (naming the last good checkpoint) or
+    #: ``skip`` that optimizer step (weights and optimizer state untouched; counted in the
+    #: manifest's ``skipped_steps`` and logged as ``train/skipped_steps``)
+    nonfinite: str = "stop"
 
     def validate(self, where: str) -> None:
         """Reject absurd values before any work starts; ``where`` names the stage."""
@@ -73,6 +77,16 @@ class HyperParameters:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.seq_len, int) and self.seq_len == 1:
+            problems.append("seq_len must be at least 2 (a token and the next one it predicts), "
+                            "got 1")
+        if not _valid_devices(self.devices):
+            problems.append("devices must be a positive number of devices, -1 or 'auto' (all "
+                            f"of them) or a list of device indices, got {self.devices!r}")
+        for name in ("accelerator", "strategy"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                problems.append(f"{name} must be a name such as 'auto', got "
+                                f"{getattr(self, name)!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             problems.append(f"lr must be a positive number, got {self.lr!r}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -94,6 +108,8 @@ class HyperParameters:
             problems.append(f"data_sharding must be examples or records, got {self.data_sharding!r}")
         if not isinstance(self.data_workers, int) or self.data_workers < 0:
             problems.append(f"data_workers must be an integer >= 0, got {self.data_workers!r}")
+        if self.nonfinite not in ("stop", "skip"):
+            problems.append(f"nonfinite must be stop or skip, got {self.nonfinite!r}")
         if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
             problems.append(f"precision must be 32-true, bf16-mixed, 16-mixed or bf16-true, "
                             f"got {self.precision!r}")
@@ -103,6 +119,23 @@ class HyperParameters:
     @property
     def total_warmup_steps(self) -> int:
         return self.warmup_steps or int(round(self.warmup_ratio * self.max_steps))
+
+
+def _valid_devices(devices: Any) -> bool:
+    """What Lightning takes as ``devices``: a count, -1 or "auto" (all), or device indices (a
+    list, or a string such as "0,1")."""
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices > 0 or devices == -1
+    if isinstance(devices, str):
+        text = devices.strip()
+        return text in ("auto", "-1") or (bool(text) and all(
+            part.strip().isdigit() for part in text.rstrip(",").split(",")) and text != "0")
+    if isinstance(devices, (list, tuple)):
+        return bool(devices) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                     for d in devices)
+    return False
 
 
 @dataclass
@@ -175,12 +208,24 @@ class Variant:
 _HPARAM_FIELDS = {f.name: f for f in dataclasses.fields(HyperParameters)}
 
 
-def _coerce(key: str, raw: Any, current: Any) -> Any:
-    """Parse a ``--set`` string as YAML, reading numbers such as ``3e-4`` as numbers."""
+def parse_value(key: str, raw: str, where: str) -> Any:
+    """A setting's text as YAML data (``yaml.safe_load``: never evaluated, and tags that would
+    build Python objects are refused)."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise MoxinError(f"{where}: setting {key!r}: {raw!r} is not a plain YAML value "
+                         f"({str(error).splitlines()[0]}); give a number, a word, a list "
+                         "[a, b] or a mapping {k: v}. Values are data, never code.") from None
+
+
+def _coerce(key: str, raw: Any, current: Any, where: str = "--set") -> Any:
+    """Parse a ``--set`` string as YAML, reading numbers such as ``3e-4`` as numbers; ``where``
+    (``--set``, a file) names the origin in errors."""
     if not isinstance(raw, str):
         value = raw
     else:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = parse_value(key, raw, where) if raw != "" else ""
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
             try:
                 value = float(value)
@@ -194,7 +239,8 @@ def _coerce(key: str, raw: Any, current: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     if isinstance(current, (int, float)) and not isinstance(value, (int, float)):
-        raise MoxinError(f"Setting {key!r} expects a number, got {raw!r}.")
+        raise MoxinError(f"{where}: setting {key!r} expects a number, got {raw!r}; give a "
+                         f"number (it is {current!r} now).")
     return value
 
 
@@ -214,9 +260,11 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
         if tail and head in stage_names:
             targets, name = [variant.stage(head)], tail
         for stage in targets:
-            if name in _HPARAM_FIELDS:
+            if name == "devices":  # a count, "auto" or a list: no one type to keep
+                stage.hparams.devices = _coerce(key, raw, None, where)
+            elif name in _HPARAM_FIELDS:
                 current = getattr(stage.hparams, name)
-                setattr(stage.hparams, name, _coerce(name, raw, current))
+                setattr(stage.hparams, name, _coerce(key, raw, current, where))
             elif name in ("model", "tokenizer"):
                 setattr(stage, name, raw)
             elif name == "objective":
@@ -225,7 +273,7 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
                 if raw != stage.objective:  # the old objective's options are not the new one's
                     stage.objective, stage.objective_options = raw.strip(), {}
             elif name == "evaluators":
-                value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+                value = parse_value(key, raw, where) if isinstance(raw, str) else raw
                 if not isinstance(value, list):
                     raise MoxinError(f"{where}: {key} must be a list of evaluator names or "
                                      f"{{name: NAME, OPTION: VALUE}} entries, got {raw!r}.")
@@ -242,6 +290,11 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
                 stage.references[name.split(".", 1)[1]] = str(raw)
             elif name.startswith("objective_options."):
                 stage.objective_options[name.split(".", 1)[1]] = _coerce(name, raw, None)
+            elif name == "global_batch":
+                raise MoxinError(
+                    f"{where}: {key} cannot be set; the global batch is derived as "
+                    "micro_batch_size x grad_accum x devices x num_nodes. Set those instead "
+                    f"(e.g. {key.replace('global_batch', 'grad_accum')}=4).")
             else:
                 raise MoxinError(
                     f"Unknown setting {key!r} in {where}. Settable: {', '.join(_HPARAM_FIELDS)}, "
@@ -272,7 +325,7 @@ def evaluator_specs(entries: list, where: str) -> list[tuple[str, dict[str, Any]
 
 def _data_specs(raw: Any, where: str) -> list[DataSpec]:
     """``[{source: NAME, weight: W, OPTION: VALUE, ...}]`` (a YAML string from ``--set`` too)."""
-    items = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    items = parse_value("data", raw, where) if isinstance(raw, str) else raw
     if not isinstance(items, list) or not items:
         raise MoxinError(f"{where}: `data` must be a non-empty list of "
                          "{source: NAME, weight: W, ...options}.")
@@ -286,6 +339,19 @@ def _data_specs(raw: Any, where: str) -> list[DataSpec]:
     return specs
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: where (line, column) and what (PyYAML's own message
+    spans several lines, with a caret under the spot)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    context_mark = getattr(error, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    started = (f" ({context} that starts at line {context_mark.line + 1})"
+               if context and context_mark is not None else "")
+    return f"{where}{problem}{started}; fix the file's YAML syntax"
+
+
 def load_config_file(path: str) -> dict[str, Any]:
     """Read a YAML overrides file: ``{key: value}`` or ``{stages: {STAGE: {key: value}}}``."""
     try:
@@ -294,7 +360,7 @@ def load_config_file(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise MoxinError(f"Config file {path!r} does not exist.") from None
     except yaml.YAMLError as exc:
-        raise MoxinError(f"Config file {path!r} is not valid YAML: {exc}") from None
+        raise MoxinError(f"Config file {path!r} is not valid YAML: {yaml_problem(exc)}.") from None
     if not isinstance(data, dict):
         raise MoxinError(f"Config file {path!r} must hold a mapping of settings.")
     flat: dict[str, Any] = {}
@@ -359,7 +425,7 @@ def load_variant_file(path: str) -> Variant:
     try:
         data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
-        raise MoxinError(f"Variant file {path}: not valid YAML ({exc}).") from None
+        raise MoxinError(f"Variant file {path}: not valid YAML: {yaml_problem(exc)}.") from None
     if not isinstance(data, dict):
         raise MoxinError(f"Variant file {path}: expected a mapping with `stages`, got "
                          f"{type(data).__name__}.")

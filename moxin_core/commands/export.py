@@ -36,8 +36,13 @@ class ExportCommand(Command):
 
     def run(self, args: argparse.Namespace, registry: Any) -> int:
         import inspect
+        from pathlib import Path
 
         exporter = registry.get("exporters", args.format)()
+        if Path(args.out).is_file() and not args.force:
+            raise MoxinError(f"--out {args.out} is a file that exists already; choose another "
+                             "--out, or remove the file (--force replaces an existing output "
+                             "of the same kind).")
         options = parse_options(args.options)
         if "registry" in inspect.signature(exporter).parameters:
             options["registry"] = registry  # to reload the model through its family

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from moxin_core import distributed
-from moxin_core.data.sources import DataSource, Mixture, WeightedSource
+from moxin_core.data.sources import ORIGIN, DataSource, Mixture, WeightedSource
 from moxin_core.data.stream import BatchStream, Layout, _as_is
 from moxin_core.errors import MoxinError
 from moxin_core.variants import DataSpec
@@ -76,15 +76,26 @@ class MoxinDataModule(pl.LightningDataModule):
         """Read the first records of every source through the example builder (fail early)."""
         builder = self.objective.example_builder(self.processor, self.seq_len)
         for item in self.mixture.sources:
-            count = 0
+            count, blank, first = 0, 0, None
             for record, _ in item.source.iter_from(None):
                 builder.feed(record)
                 count += 1
+                first = first or record.get(ORIGIN)
+                # "text" is the core's name for a record's text (select_text): an objective that
+                # reads text has set it by now
+                text = record.get("text")
+                blank += isinstance(text, str) and not text.strip()
                 if count >= self.validate_records:
                     break
             if count == 0:
                 raise MoxinError(f"Data source {item.source.describe()} is empty: it yielded no "
                                  "record. Check its files or options.")
+            if blank == count:
+                raise MoxinError(f"Data source {item.source.describe()}: the 'text' of every "
+                                 f"record read ({count}, from {first or 'its start'}) is empty "
+                                 "or blank, so there is nothing to train on. Check the files, or "
+                                 "name the field that holds the text with the source's "
+                                 "`text_field` option.")
 
     def _stream(self, start: dict[int, dict] | None = None, first: int = 0) -> BatchStream:
         return BatchStream(self.mixture,

@@ -22,9 +22,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from moxin_core import corpus
+from moxin_core.data.text_files import check_text_file, decode_line
 from moxin_core.errors import MoxinError
 
 ORIGIN = "__origin__"
@@ -84,7 +85,8 @@ class StridedSource(DataSource):
 
 def select_text(record: dict, text_field: str | None) -> dict:
     """Expose ``record[text_field]`` as ``record["text"]`` (sources name their text differently:
-    the-stack uses ``content``); a missing field is an error naming the fields present."""
+    the-stack uses ``content``); a missing field, or one that holds no string, is an error naming
+    the record's origin and the field."""
     if text_field is None:
         return record
     if text_field not in record:
@@ -92,8 +94,24 @@ def select_text(record: dict, text_field: str | None) -> dict:
         raise MoxinError(f"{record.get(ORIGIN, 'a record')}: no field {text_field!r} (fields "
                          f"present: {fields}). Name the field that holds the text with the "
                          "source's `text_field` option (`moxin tokenizer train --text-field`).")
-    record["text"] = record[text_field]  # a no-op for text_field="text"
+    text = record[text_field]
+    if not isinstance(text, str):
+        raise MoxinError(f"{record.get(ORIGIN, 'a record')}: field {text_field!r} is "
+                         f"{_json_kind(text)}, expected a string of text. Fix or remove the "
+                         "record, or name the field that holds the text with the source's "
+                         "`text_field` option.")
+    record["text"] = text  # a no-op for text_field="text"
     return record
+
+
+def _json_kind(value: Any) -> str:
+    """``value``'s type in JSON's words, with a short preview (for error messages)."""
+    if value is None:
+        return "null"
+    kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list",
+            dict: "an object"}.get(type(value), f"a {type(value).__name__}")
+    preview = json.dumps(value, default=str)
+    return f"{kind} ({preview[:40] + '...' if len(preview) > 40 else preview})"
 
 
 def _hash(*parts: Any) -> str:
@@ -151,13 +169,23 @@ class Files(DataSource):
 
     ``.txt``/``.md`` files are split into documents at blank lines and yield ``{"text": ...}``;
     ``.jsonl`` yields one record per line; ``.parquet`` one record per row. Files are read in sorted
-    path order, a stream at a time.
+    path order, a stream at a time. Text and JSONL files must be UTF-8.
+
+    ``max_record_mb``: the longest JSONL line or text document read, in MiB. A longer one is an
+    error rather than one enormous document to tokenise: usually a file whose newlines were lost
+    or a data set dumped as one JSON array.
     """
 
     name = "files"
 
-    def __init__(self, paths: str | Sequence[str], text_field: str | None = None) -> None:
+    def __init__(self, paths: str | Sequence[str], text_field: str | None = None,
+                 max_record_mb: float = 16) -> None:
         self.text_field = text_field
+        if isinstance(max_record_mb, bool) or not isinstance(max_record_mb, (int, float)) \
+                or max_record_mb <= 0:
+            raise MoxinError(f"files: max_record_mb must be a positive number (MiB), got "
+                             f"{max_record_mb!r}.")
+        self.max_record_mb = max_record_mb
         patterns = [paths] if isinstance(paths, str) else list(paths)
         if not patterns:
             raise MoxinError("files: give at least one path or glob pattern in `paths`.")
@@ -193,47 +221,64 @@ class Files(DataSource):
             for record, next_offset, next_line in reader:
                 yield select_text(record, self.text_field), [index, next_offset, next_line]
 
-    @staticmethod
-    def _jsonl(path: Path, offset: int, line_no: int) -> Iterator[tuple[dict, int, int]]:
+    def _lines(self, path: Path, offset: int, line_no: int) -> Iterator[tuple[bytes, int, int]]:
+        """``(raw line, offset after it, its line number)`` from ``offset``; a line longer than
+        ``max_record_mb`` is an error (read no further than the limit)."""
+        limit = int(self.max_record_mb * 1024 * 1024)
+        if offset == 0:
+            check_text_file(path)
         with open(path, "rb") as handle:
             handle.seek(offset)
-            for raw in handle:
+            while raw := handle.readline(limit + 1):
                 line_no += 1
+                if len(raw) > limit:
+                    self._too_long(path, line_no, "a line")
                 offset += len(raw)
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    raise MoxinError(f"{path}:{line_no}: malformed JSON line ({exc}). Fix or remove "
-                                     "the line; every line of a .jsonl file must be one JSON "
-                                     "object.") from None
-                if not isinstance(record, dict):
-                    raise MoxinError(f"{path}:{line_no}: expected a JSON object, got "
-                                     f"{type(record).__name__}.")
-                record[ORIGIN] = f"{path}:{line_no}"
-                yield record, offset, line_no
+                yield raw, offset, line_no
 
-    @staticmethod
-    def _text(path: Path, offset: int, line_no: int) -> Iterator[tuple[dict, int, int]]:
+    def _too_long(self, path: Path, line_no: int, what: str) -> NoReturn:
+        raise MoxinError(
+            f"{path}:{line_no}: {what} longer than {self.max_record_mb:g} MB (the files source's "
+            "max_record_mb), too big to be one document: were the file's newlines lost, or is it "
+            "one big JSON array instead of one JSON object per line? Split it into records of "
+            "reasonable size, or raise the limit with the source option, e.g. "
+            "data=[{source: files, paths: ..., max_record_mb: 64}].")
+
+    def _jsonl(self, path: Path, offset: int, line_no: int) -> Iterator[tuple[dict, int, int]]:
+        for raw, offset, line_no in self._lines(path, offset, line_no):
+            line = decode_line(path, line_no, raw)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise MoxinError(f"{path}:{line_no}: malformed JSON line ({exc}). Fix or remove "
+                                 "the line; every line of a .jsonl file must be one JSON "
+                                 "object.") from None
+            if not isinstance(record, dict):
+                raise MoxinError(f"{path}:{line_no}: expected a JSON object, got "
+                                 f"{_json_kind(record)}. Every line of a .jsonl file must be one "
+                                 'JSON object such as {"text": "..."}.')
+            record[ORIGIN] = f"{path}:{line_no}"
+            yield record, offset, line_no
+
+    def _text(self, path: Path, offset: int, line_no: int) -> Iterator[tuple[dict, int, int]]:
         lines: list[str] = []
+        size = 0
         first = line_no + 1
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            for raw in handle:
-                line_no += 1
-                offset += len(raw)
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise MoxinError(f"{path}:{line_no}: not valid UTF-8 ({exc}).") from None
-                if line.strip():
-                    if not lines:
-                        first = line_no
-                    lines.append(line)
-                elif lines:
-                    yield {"text": "".join(lines).rstrip("\n"), ORIGIN: f"{path}:{first}"}, offset, line_no
-                    lines = []
+        for raw, offset, line_no in self._lines(path, offset, line_no):
+            line = decode_line(path, line_no, raw)
+            if line.strip():
+                if not lines:
+                    first, size = line_no, 0
+                lines.append(line)
+                size += len(raw)
+                if size > self.max_record_mb * 1024 * 1024:
+                    self._too_long(path, first, "a document (lines up to a blank line)")
+            elif lines:
+                yield {"text": "".join(lines).rstrip("\n"), ORIGIN: f"{path}:{first}"}, \
+                    offset, line_no
+                lines = []
         if lines:
             yield {"text": "".join(lines).rstrip("\n"), ORIGIN: f"{path}:{first}"}, offset, line_no
 
@@ -241,12 +286,25 @@ class Files(DataSource):
     def _parquet(path: Path, row: int) -> Iterator[tuple[dict, int, int]]:
         import pyarrow.parquet as pq
 
+        def unreadable(exc: Exception) -> MoxinError:
+            return MoxinError(f"{path}: cannot read as Parquet ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}). The file may be "
+                              "truncated (a copy or download cut short) or no Parquet file; "
+                              "write or download it again.")
+
         try:
             parquet = pq.ParquetFile(path)
         except Exception as exc:
-            raise MoxinError(f"{path}: cannot read as Parquet ({exc}).") from None
+            raise unreadable(exc) from None
         seen = 0  # rows before the current batch
-        for batch in parquet.iter_batches(batch_size=1024):
+        batches = parquet.iter_batches(batch_size=1024)
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as exc:  # a damaged row group past a readable footer
+                raise unreadable(exc) from None
+            if batch is None:
+                return
             if seen + batch.num_rows > row:
                 for index, record in enumerate(batch.to_pylist(), start=seen):
                     if index >= row:

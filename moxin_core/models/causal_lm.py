@@ -36,6 +36,29 @@ def save_tokenizer(tokenizer: Any, out: Path, tokenizer_dir: str | Path | None) 
         shutil.copy2(Path(tokenizer_dir) / "tokenizer.model", Path(out) / "tokenizer.model")
 
 
+def check_weights(folder: Path) -> None:
+    """A model folder must hold weights transformers can read: some ``*.safetensors`` (or
+    ``pytorch_model*.bin``), each with a complete header (a truncated or overwritten file fails
+    here, naming it, instead of deep inside ``from_pretrained``)."""
+    from safetensors import safe_open
+
+    safetensors = sorted(folder.glob("*.safetensors"))
+    if not safetensors and not any(folder.glob("pytorch_model*.bin")):
+        raise MoxinError(f"Model folder {str(folder)!r} has no weights: no model.safetensors "
+                         "(nor model-*.safetensors or pytorch_model.bin). Copy the whole folder "
+                         "again, or export the model again (`moxin export STAGE --format hf "
+                         "--out DIR`).")
+    for file in safetensors:
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as exc:
+            raise MoxinError(f"{file} is truncated or corrupt (safetensors: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). "
+                             "Copy the model folder again, or export the model again "
+                             "(`moxin export STAGE --format hf --out DIR`).") from None
+
+
 class CausalLMFamily(ModelFamily):
     """transformers ``AutoModelForCausalLM`` models (the Moxin/Mistral presets among them)."""
 
@@ -47,8 +70,17 @@ class CausalLMFamily(ModelFamily):
 
         path = Path(source).expanduser()
         try:
-            return AutoConfig.from_pretrained(path if path.is_dir() else source)
+            # never run Python code shipped with a model (and never ask: a piped "y" would do)
+            return AutoConfig.from_pretrained(path if path.is_dir() else source,
+                                              trust_remote_code=False)
         except Exception as exc:
+            if "custom code" in str(exc):
+                raise MoxinError(
+                    f"{source!r} needs Python code of its own to load (its config.json names "
+                    "custom classes in auto_map); moxin never runs code shipped with a model "
+                    "(trust_remote_code stays off). Convert it to a standard transformers "
+                    "architecture, or load it with a model family plugin that implements "
+                    "it.") from None
             raise MoxinError(
                 f"Could not read a model config from {source!r} ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:200]}). Give a preset name (`moxin models`), a "
@@ -83,8 +115,18 @@ class CausalLMFamily(ModelFamily):
         from transformers import AutoModelForCausalLM
 
         path = Path(source).expanduser()
-        model = AutoModelForCausalLM.from_pretrained(path if path.is_dir() else source,
-                                                     dtype=torch.float32)
+        if path.is_dir():
+            check_weights(path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path if path.is_dir() else source,
+                                                         dtype=torch.float32,
+                                                         trust_remote_code=False)
+        except Exception as exc:  # transformers' errors name no remedy; keep its first line
+            raise MoxinError(
+                f"Could not load the model at {source!r} ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}). Give a "
+                "complete model folder (config.json and model.safetensors, as `moxin export "
+                "--format hf` writes) or a hub id reachable from this machine.") from None
         return model.train()  # from_pretrained returns a model in eval mode
 
     def save(self, model: torch.nn.Module, processor: Any, out: Path,
@@ -107,7 +149,8 @@ class CausalLMFamily(ModelFamily):
         limit = self.max_length(config)
         if limit is not None and seq_len > limit:
             raise MoxinError(f"{where}: seq_len {seq_len} exceeds the model's "
-                             f"max_position_embeddings ({limit}).")
+                             f"max_position_embeddings ({limit}); lower seq_len to {limit} or "
+                             "less, or start from a model with more positions.")
 
     # -- processors
     def load_processor(self, source: str | Path) -> Any:

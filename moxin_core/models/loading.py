@@ -38,4 +38,7 @@ def load_model(source: str | Path, registry: Any = None) -> tuple[Any, Any, Mode
     registry = registry or Registry()
     folder = resolve_model_folder(source) if Path(source).expanduser().exists() else str(source)
     family = family_for_source(registry, str(folder))
-    return family.load(str(folder)).eval(), family.load_processor(folder), family
+    model, processor = family.load(str(folder)).eval(), family.load_processor(folder)
+    # a folder whose tokenizer outgrew the model's embeddings fails here, not inside torch
+    family.check(model, processor, 0, f"model {str(source)!r}")
+    return model, processor, family

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +35,60 @@ def resolve_variant(registry: Any, name: str, config: str | None = None,
         overrides[key.strip()] = value
     apply_overrides(variant, overrides, "--set")
     if max_steps is not None:
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps <= 0:
+            raise MoxinError(f"--max-steps: max_steps must be a positive integer, got "
+                             f"{max_steps!r}; leave --max-steps out to train each stage for its "
+                             "own max_steps.")
         apply_overrides(variant, {"max_steps": max_steps}, "--max-steps")
+    source = f"variant file {name}" if is_variant_file(name) else f"variant {variant.name!r}"
     for stage in variant.stages:
-        stage.hparams.validate(f"stage {stage.name!r} of variant {variant.name!r}")
-        registry.get("objectives", stage.objective)
-        if stage.model.startswith(VARIANT_PREFIX):
-            registry.get("variants", stage.model[len(VARIANT_PREFIX):])
-        elif stage.model != PREVIOUS:
-            resolve_model(registry, stage.model).config()  # unknown preset/path: clear error now
-        for evaluator, options in evaluator_specs(
-                stage.evaluators, f"stage {stage.name!r} of variant {variant.name!r}"):
+        where = f"stage {stage.name!r} of {source}"
+        stage.hparams.validate(where)
+        _check_lightning_names(stage, where)
+        with _context(where):
+            registry.get("objectives", stage.objective)
+            if stage.model.startswith(VARIANT_PREFIX):
+                registry.get("variants", stage.model[len(VARIANT_PREFIX):])
+            elif stage.model != PREVIOUS:
+                resolve_model(registry, stage.model).config()  # unknown preset/path: clear now
+            for spec in stage.data:
+                registry.get("data_sources", spec.source)
+        for evaluator, options in evaluator_specs(stage.evaluators, where):
             # bad options fail before training: built once here (evaluators are cheap to build;
             # their work happens when called), so their own checks run too
             evaluator_factory(registry, evaluator, options)(**options)
-        for spec in stage.data:
-            registry.get("data_sources", spec.source)
     return variant
+
+
+@contextlib.contextmanager
+def _context(where: str) -> Iterator[None]:
+    """Prefix a MoxinError raised inside with ``where`` (which stage, of which file)."""
+    try:
+        yield
+    except MoxinError as error:
+        raise type(error)(f"{where}: {error}") from None
+
+
+def _check_lightning_names(stage: Stage, where: str) -> None:
+    """``accelerator`` and ``strategy`` must be names Lightning (or moxin) knows; checked here,
+    not when the Trainer is built after the model."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from moxin_core.strategies import SHARDED
+
+    hp = stage.hparams
+    accelerators = sorted({"auto", "gpu", *AcceleratorRegistry.available_accelerators()})
+    strategies = sorted({"auto", *SHARDED, *StrategyRegistry.available_strategies()})
+    for name, value, known in (("accelerator", hp.accelerator, accelerators),
+                               ("strategy", hp.strategy, strategies)):
+        if value not in known:
+            close = difflib.get_close_matches(str(value), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            # Lightning registers each strategy again per option ("ddp_find_unused_...")
+            shown = [k for k in known if "_find_unused_parameters" not in k]
+            raise MoxinError(f"Invalid hyper-parameters in {where}: {name} {value!r} is "
+                             f"unknown{hint}; known: {', '.join(shown)}.")
 
 
 def _variant_result(registry: Any, reference: str, out: Path, stage: Stage) -> Path:

@@ -60,7 +60,7 @@ def compare_tokenization(folder: Path, gguf_path: Path,
     from llama_cpp import Llama
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     vocab = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     mismatches = []
     try:
@@ -80,7 +80,7 @@ def probe_token_ids(folder: Path, prompts: tuple[str, ...] = LOGIT_PROMPTS) -> l
 
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     limit = min(MAX_PROBE_TOKENS, config.get("sliding_window") or MAX_PROBE_TOKENS)
     return [([tokenizer.bos_token_id] + list(tokenizer.encode(p, add_special_tokens=False)))[:limit]
@@ -92,7 +92,8 @@ def hf_logits(folder: Path, sequences: list[list[int]]) -> list[np.ndarray]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                 trust_remote_code=False)
     model.eval()
     with torch.no_grad():
         return [model(torch.tensor([ids])).logits[0].float().numpy() for ids in sequences]
