@@ -88,7 +88,12 @@ class RNGState(pl.Callback):
     restores each rank's own on resume (sampling during training resumes exactly)."""
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"python": random.getstate(), "numpy": np.random.get_state(),
+        # NumPy's key array as a tensor: checkpoints hold tensors and plain values only (they
+        # are read with torch.load(weights_only=True))
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        state = {"python": random.getstate(),
+                 "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position),
+                           int(has_gauss), float(gauss)],
                  "torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -97,7 +102,8 @@ class RNGState(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = distributed.this_rank(state_dict)
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        kind, keys, position, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])

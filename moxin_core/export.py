@@ -16,6 +16,7 @@ import torch
 
 from moxin_core.checkpointing import WEIGHTS, latest_checkpoint
 from moxin_core.errors import MoxinError
+from moxin_core.faults import fault_point
 from moxin_core.models.family import ModelFamily, get_family
 from moxin_core.models.loading import resolve_model_folder  # noqa: F401  (moxin_core.export's name too)
 
@@ -71,6 +72,8 @@ def export_hf(model_path: str | Path, out: str | Path, force: bool = False,
 
     registry = registry or Registry()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MoxinError(f"Output {str(out)!r} is a file; --out names the folder to export to.")
     if out.exists() and any(out.iterdir()) and not force:
         raise MoxinError(f"Output {str(out)!r} exists and is not empty; pass --force to replace it.")
     path = Path(model_path).expanduser()
@@ -81,7 +84,11 @@ def export_hf(model_path: str | Path, out: str | Path, force: bool = False,
         family = family_for_source(registry, str(folder))
         model, processor, processor_dir = (family.load(str(folder)),
                                            family.load_processor(folder), folder)
-    return save_atomically(family, model, processor, out, processor_dir)
+    from moxin_core.mof import stage_of, write_openness_report
+
+    save_atomically(family, model, processor, out, processor_dir)
+    write_openness_report(out, stage_of(path))
+    return out
 
 
 def save_atomically(family: ModelFamily, model: torch.nn.Module, processor: Any, out: Path,
@@ -91,6 +98,7 @@ def save_atomically(family: ModelFamily, model: torch.nn.Module, processor: Any,
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     family.save(model, processor, staging, processor_source)
+    fault_point("export")
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)

@@ -18,6 +18,7 @@ from transformers import get_scheduler
 
 from moxin_core import distributed
 from moxin_core.errors import MoxinError
+from moxin_core.faults import fault_point
 from moxin_core.models.family import ModelFamily
 from moxin_core.objectives.base import Objective
 from moxin_core.objectives.context import ObjectiveContext
@@ -25,6 +26,33 @@ from moxin_core.strategies import is_sharded, shard
 from moxin_core.variants import HyperParameters
 
 FROZEN = "frozen"  # the ModuleDict of frozen helper models; excluded from checkpoints
+
+
+class NonFiniteError(MoxinError):
+    """A loss or gradient was NaN/Inf and the stage's ``nonfinite`` setting is ``stop``;
+    ``moxin train`` adds the last good checkpoint to the message."""
+
+    def __init__(self, step: int, what: str) -> None:
+        self.step, self.what = step, what
+        super().__init__(f"Non-finite {what} at optimizer step {step}: training stopped before "
+                         "the step changed any weight. Lower the learning rate, check the data, "
+                         "or set nonfinite=skip to skip such steps (they are counted).")
+
+
+class _SkipStep(Exception):
+    """Raised before an optimizer step whose gradients are not finite (``nonfinite: skip``)."""
+
+
+def _grads_finite(model: torch.nn.Module) -> bool:
+    """Whether every gradient of ``model`` is finite (one reduction, one device sync)."""
+    grads = []
+    for p in model.parameters():
+        if p.grad is not None:
+            grad = p.grad
+            grads.append(grad.to_local() if hasattr(grad, "to_local") else grad)
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack([g.float().abs().sum() for g in grads]).sum()))
 
 
 def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -138,6 +166,7 @@ class MoxinModule(pl.LightningModule):
         self._context: ObjectiveContext | None = None
         self._sharded = False  # configure_model sharded the models
         self._prepared = False  # the objective's prepare_model ran
+        self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients
 
     # -- frozen helper models (registered through ObjectiveContext.add_frozen_model)
     def add_frozen_model(self, name: str, model: torch.nn.Module | None = None) -> None:
@@ -223,10 +252,12 @@ class MoxinModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, metrics = self.objective.loss(self.model, batch)
-        if not torch.isfinite(loss.detach()):
-            raise FloatingPointError(
-                f"Non-finite loss ({loss.item()}) at step {self.global_step}; lower the learning "
-                "rate or check the data. The last checkpoint is untouched.")
+        if fault_point("loss") == "nan":
+            loss = loss * float("nan")
+        if self.train_hparams.nonfinite == "stop" and not torch.isfinite(loss.detach()):
+            raise NonFiniteError(self.global_step, f"loss ({loss.item()})")
+        # ``skip``: a non-finite loss makes non-finite gradients; the step is skipped there
+        fault_point("micro-batch")  # after the forward pass, before the backward pass
         self._batch_tokens = self.objective.num_tokens(batch)
         self.tokens_seen += self._batch_tokens
         # on several ranks the logged values are averaged over them: the loss of the global
@@ -237,6 +268,35 @@ class MoxinModule(pl.LightningModule):
         for name, value in metrics.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False, sync_dist=sync)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Check the gradients before clipping and the update (16-mixed leaves this to its
+        gradient scaler, which skips overflowing steps itself)."""
+        if self.train_hparams.precision == "16-mixed":
+            return
+        if fault_point("gradient") == "nan":  # the fault tests poison one gradient
+            grad = next(p.grad for p in self.model.parameters() if p.grad is not None)
+            grad.view(-1)[0] = float("inf")
+        bad = not _grads_finite(self.model)
+        if self.trainer.world_size > 1:  # a sharded model's ranks each see a part
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            if self.train_hparams.nonfinite == "stop":
+                raise NonFiniteError(self.global_step, "gradient")
+            raise _SkipStep
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Any = None) -> None:
+        try:
+            optimizer.step(closure=optimizer_closure)
+        except _SkipStep:
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.print(f"step {self.global_step}: non-finite gradients, step skipped "
+                       f"({self.skipped_steps} so far)")
+        if self.train_hparams.nonfinite == "skip":
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True,
+                     on_epoch=False)
 
     @property
     def flops_per_batch(self) -> int:
@@ -260,6 +320,7 @@ class MoxinModule(pl.LightningModule):
         for key in [k for k in checkpoint.get("state_dict", {}) if k.startswith(prefix)]:
             del checkpoint["state_dict"][key]
         checkpoint["moxin_tokens_seen"] = distributed.per_rank(self.tokens_seen)
+        checkpoint["moxin_skipped_steps"] = self.skipped_steps
         checkpoint["moxin_objective"] = distributed.per_rank(self.objective.state_dict())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -269,5 +330,6 @@ class MoxinModule(pl.LightningModule):
             prefix = FROZEN + "."
             state.update({prefix + k: v for k, v in self.frozen.state_dict().items()})
         self.tokens_seen = distributed.this_rank(checkpoint.get("moxin_tokens_seen", 0))
+        self.skipped_steps = int(checkpoint.get("moxin_skipped_steps", 0))
         if "moxin_objective" in checkpoint:
             self.objective.load_state_dict(distributed.this_rank(checkpoint["moxin_objective"]))

@@ -34,18 +34,22 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from moxin_core import distributed
 from moxin_core.callbacks import (CheckpointOnTerminate, MetricsHistory, RNGState, TokenThroughput,
                                    kept_random_state)
-from moxin_core.checkpointing import FolderCheckpointIO, latest_checkpoint
+from moxin_core.checkpointing import (CheckpointWriteError, FolderCheckpointIO,
+                                      checkpoint_hashes, latest_checkpoint)
 from moxin_core.errors import MoxinError
 from moxin_core.export import model_from_state, save_atomically, write_stage_model
 from moxin_core.models.family import resolve_model
+from moxin_core.mof import write_openness_report
+from moxin_core.module import NonFiniteError
 from moxin_core.plugins import Registry
 from moxin_core.reporting import (command_line, package_versions, plot_loss, sha256_file,
                                   write_json_atomic, write_metrics_csv)
+from moxin_core.runs import RunLock, git_commit, hardware, now
 from moxin_core.strategies import SHARDED, build_strategy, is_sharded
 from moxin_core.training.blocks import build_datamodule, build_module, build_objective
 from moxin_core.training.resolve import (evaluator_factory, preset_references, resolve_variant,
                                          stage_processor, stage_start)
-from moxin_core.variants import Stage, evaluator_specs, stage_to_dict
+from moxin_core.variants import Stage, Variant, evaluator_specs, stage_to_dict
 
 log = logging.getLogger("moxin")
 
@@ -96,15 +100,39 @@ def train_variant(name: str, out: str | Path, stage: str | None = None,
     registry = registry or Registry()
     variant = resolve_variant(registry, name, config, sets, max_steps)
     out = Path(out)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise MoxinError(f"--out {str(out)!r}: {str(existing)!r} is a file; --out must be a "
+                         "folder (new or a run's).")
     selected = [variant.stage(stage)] if stage else variant.stages
-    results = []
-    for current in selected:
-        init = stage_start(registry, variant, current, out)
-        references = preset_references(registry, variant, current, init, out)
-        processor_source = stage_processor(registry, variant, current, init, out, references)
-        results.append(run_stage(variant.name, current, out / current.name, init,
-                                 processor_source, registry, resume, references))
-    return results
+    # one process writes a run folder: the launcher's other ranks run under rank 0's lock
+    lock = RunLock(out).acquire() if distributed.is_rank_zero() else None
+    try:
+        results = []
+        for current in selected:
+            init = stage_start(registry, variant, current, out)
+            references = preset_references(registry, variant, current, init, out)
+            processor_source = stage_processor(registry, variant, current, init, out, references)
+            results.append(run_stage(variant.name, current, out / current.name, init,
+                                     processor_source, registry, resume, references,
+                                     variant=variant))
+        return results
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def variant_record(variant: Variant) -> dict[str, Any]:
+    """The variant as run (every override applied), in the YAML variant-file layout, so
+    ``moxin reproduce`` can run it again with ``moxin train``'s own code."""
+    stages = []
+    for stage in variant.stages:
+        summary = stage.summary()
+        summary["hyper_parameters"].pop("global_batch")
+        summary["tokenizer"] = stage.tokenizer
+        stages.append(summary)
+    return {"name": variant.name, "description": variant.description,
+            "tokenizer": variant.tokenizer, "stages": stages}
 
 
 def _resolved_config(variant_name: str, stage: Stage, init: str,
@@ -172,9 +200,11 @@ def _skipped(stage: Stage, stage_dir: Path, previous: dict) -> StageResult:
 
 def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
               processor_source: Path | str, registry: Registry,
-              resume: bool = False, references: dict[str, str] | None = None) -> StageResult:
+              resume: bool = False, references: dict[str, str] | None = None,
+              variant: Variant | None = None) -> StageResult:
     """Train one stage; write config, checkpoints, metrics, plot, model export and manifest.
-    ``references``: the resolved models a composite preset ``init`` is built from."""
+    ``references``: the resolved models a composite preset ``init`` is built from; ``variant``:
+    the variant as run (recorded in the manifest for ``moxin reproduce``)."""
     hp = stage.hparams
     resolved = _resolved_config(variant_name, stage, init, processor_source, references)
     writer = distributed.is_rank_zero()
@@ -209,11 +239,34 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
                           references=references)
     config = module.recipe.config
 
+    started: dict[str, Any] = {}
     if writer:
         stage_dir.mkdir(parents=True, exist_ok=True)
         (stage_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         write_stage_model(stage_dir, family, config)
         family.save_processor(processor, stage_dir / "tokenizer", processor_source)
+        started = _start_manifest(stage_dir, variant_name, stage, init, processor_source,
+                                  references, registry, datamodule, variant, previous)
+        write_json_atomic(stage_dir / "manifest.json", started)
+    try:
+        return _train_stage(variant_name, stage, stage_dir, init, processor_source, registry,
+                            resume, objective, datamodule, module, family, processor, config,
+                            writer, started, hp, strategy)
+    except BaseException as error:
+        if writer:
+            _record_stop(stage_dir, started, error)
+        if isinstance(error, (NonFiniteError, CheckpointWriteError)):
+            last = latest_checkpoint(stage_dir / "checkpoints")
+            where = (f"The last good checkpoint is {last}; continue from it with the same "
+                     "command and --resume." if last else "No checkpoint was written yet.")
+            raise MoxinError(f"Stage {stage.name!r}: {error} {where}") from None
+        raise
+
+
+def _train_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
+                 processor_source: Path | str, registry: Registry, resume: bool, objective: Any,
+                 datamodule: Any, module: Any, family: Any, processor: Any, config: Any,
+                 writer: bool, started: dict[str, Any], hp: Any, strategy: Any) -> StageResult:
     start_evals = _evaluate_start(registry, stage, stage_dir, family, module.model, processor,
                                   processor_source, init) if writer else {}
     distributed.barrier()
@@ -247,9 +300,9 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
     ckpt_path = latest_checkpoint(checkpoint_dir) if resume else None
     if ckpt_path is not None and writer:
         print(f"Resuming stage {stage.name!r} from {ckpt_path}")
-    started = time.perf_counter()
+    clock = time.perf_counter()
     _fit(trainer, module, datamodule, ckpt_path, stage, checkpoint_dir, hp.max_steps)
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - clock
 
     # collective from here on: every rank takes part, rank 0 writes
     world = trainer.world_size
@@ -281,10 +334,62 @@ def run_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
                   token_key if token_losses else "train/loss")
         if evals:
             write_json_atomic(stage_dir / "eval.json", evals)
-        write_json_atomic(stage_dir / "manifest.json", _manifest(
-            result, variant_name, stage, init, registry, datamodule, stats, wall))
+        write_json_atomic(stage_dir / "manifest.json", {**started, **_manifest(
+            result, variant_name, stage, init, registry, datamodule, stats, wall),
+            "skipped_steps": module.skipped_steps,
+            "checkpoints": checkpoint_hashes(checkpoint_dir), "finished_at": now()})
+        write_openness_report(stage_dir / "hf", stage_dir)
     distributed.barrier()
     return result
+
+
+def _start_manifest(stage_dir: Path, variant_name: str, stage: Stage, init: str,
+                    processor_source: Path | str, references: dict[str, str] | None,
+                    registry: Registry, datamodule: Any, variant: Variant | None,
+                    previous: dict | None) -> dict[str, Any]:
+    """What a stage records when it starts (``status: running``): enough to run it again."""
+    resumed = (previous or {}).get("resumed_at", []) + ([now()] if previous else [])
+    return {
+        "status": "running",
+        "variant": variant_name,
+        "stage": stage.name,
+        "started_at": (previous or {}).get("started_at", now()),
+        "resumed_at": resumed,
+        "command": command_line(),
+        "cwd": str(Path.cwd()),
+        "out": str(stage_dir.parent.resolve()),
+        "seed": stage.hparams.seed,
+        "init": init,
+        "tokenizer": str(processor_source),
+        "references": dict(references or {}),
+        "variant_record": variant_record(variant) if variant is not None else None,
+        "versions": package_versions(),
+        "plugins": [{"name": i.name, "distribution": i.distribution, "version": i.version,
+                     "error": i.error} for i in registry.pm.infos.values()],
+        "git": git_commit(),  # the project the run was started from
+        "code_git": git_commit(Path(__file__).parent),  # moxin's own source, when a checkout
+        "hardware": hardware(),
+        "data": {"fingerprint": datamodule.mixture.fingerprint(),
+                 "sources": [s.source.describe() for s in datamodule.mixture.sources]},
+        "hparams": dataclasses.asdict(stage.hparams),
+    }
+
+
+def _record_stop(stage_dir: Path, started: dict[str, Any], error: BaseException) -> None:
+    """Rewrite the manifest of a stage that stopped early: why, and the checkpoints it left."""
+    interrupted = isinstance(error, (KeyboardInterrupt, SIGTERMException)) or (
+        isinstance(error, MoxinError) and ("interrupted" in str(error)
+                                           or "terminated" in str(error)
+                                           or "stopped at step" in str(error)))
+    last = latest_checkpoint(stage_dir / "checkpoints")
+    try:
+        write_json_atomic(stage_dir / "manifest.json", {
+            **started, "status": "interrupted" if interrupted else "failed",
+            "reason": f"{type(error).__name__}: {error}".strip(),
+            "stopped_at": now(), "last_checkpoint": str(last) if last else None,
+            "checkpoints": checkpoint_hashes(stage_dir / "checkpoints")})
+    except OSError:
+        pass  # the disk that failed the run may fail this too; the error itself is reported
 
 
 def _evaluate_start(registry: Registry, stage: Stage, stage_dir: Path, family: Any,

@@ -54,7 +54,7 @@ def export_gguf(model_path: str | Path, out: str | Path, force: bool = False,
     Returns ``out``. Raises MoxinError for unusable inputs or a failed parity check (then no
     file is left at ``out``).
     """
-    from moxin_core.api import resolve_model_folder
+    from moxin_core.api import resolve_model_folder, stage_of, write_openness_report
 
     if options:
         raise MoxinError(f"Unknown gguf export option(s) {sorted(options)}; known: outtype, "
@@ -91,6 +91,7 @@ def export_gguf(model_path: str | Path, out: str | Path, force: bool = False,
         if verify:
             _verify(folder, final, out, outtype)
         os.replace(final, out)
+        write_openness_report(out, stage_of(model_path))
     finally:
         for leftover in (written, final):
             if leftover.exists():

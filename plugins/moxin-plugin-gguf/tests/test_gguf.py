@@ -225,3 +225,22 @@ def test_embedding_rows_beyond_vocabulary(hf_folder, tmp_path):
     fields = gguf.GGUFReader(out).fields
     assert fields["tokenizer.ggml.token_type"].contents()[512:] == [3] * 64
     assert json.loads(verify_report_path(out).read_text())["passed"]
+
+
+def test_the_export_carries_its_openness_report(hf_folder, tmp_path):
+    """`FILE.gguf.MOF.md`/`.mof.json` beside the file: the GGUF itself is architecture and
+    weights; what the stage's manifest links (code, data) counts only while it is recorded."""
+    stage = tmp_path / "stage"
+    shutil.copytree(hf_folder, stage / "hf")
+    (stage / "manifest.json").write_text(json.dumps({
+        "status": "complete", "versions": {"moxin-core": "0.1.0"}, "plugins": [],
+        "data": {"fingerprint": "abc", "sources": ["embedded(seed=0)"]}}))
+    out = export_gguf(stage, tmp_path / "m.gguf", outtype="f16", verify=False)
+    report = json.loads((tmp_path / "m.gguf.mof.json").read_text())
+    present = {c["name"]: c["present"] for c in report["components"]}
+    assert present["Model architecture"] and present["Model parameters (final)"]
+    assert present["Inference code"] and present["Training code"] and present["Training data"]
+    assert not present["Training logs"] and not present["Licences"]  # none on disk
+    assert "| Model parameters (final) | yes | m.gguf |" in (
+        tmp_path / "m.gguf.MOF.md").read_text()
+    assert out.is_file()

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from moxin_core.api import MoxinError, Objective, ObjectiveContext, sequence_logps
+from moxin_core.api import MoxinError, Objective, ObjectiveContext, fault_point, sequence_logps
 
 from moxin_plugin_instruct.chat import check_conversation, origin_of, pad_token_id, render
 
@@ -359,6 +359,7 @@ class DPO(Objective):
                                 .float().cpu())
                     keys.append(batch["pair_keys"].cpu())
                     bar.update(1)
+                    fault_point("dpo-reference")  # the fault tests stop a run here
         finally:
             model.train(was_training)
         return torch.cat(keys), torch.cat(rows)

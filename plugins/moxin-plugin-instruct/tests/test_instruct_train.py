@@ -194,3 +194,34 @@ def test_two_ranks_run_sft_then_dpo_with_one_reference_file(tmp_path, hf_folder)
     assert stored["fingerprint"]["world_size"] == 2
     manifest = json.loads((tmp_path / "dpo" / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and "heldout-preferences" in manifest["eval"]
+
+
+@pytest.mark.slow
+def test_sigkill_during_the_reference_precompute_then_resume_is_bit_identical(tmp_path,
+                                                                              hf_folder):
+    """Killed while the DPO reference log-probs are being computed (before the first step; no
+    file is written yet), the resumed run computes them again and ends on the same weights."""
+    import subprocess
+    import sys
+
+    from moxin_core.reporting import sha256_file
+
+    settings = [*NANO, "dpo.max_steps=4", f"dpo.model={hf_folder}"]
+
+    def train(out, *extra, faults=None):
+        env = {**_fresh_env(), **({"MOXIN_FAULTS": faults} if faults else {})}
+        return subprocess.run(
+            [sys.executable, "-m", "moxin_core.cli", "train", "moxin-tiny-instruct", "--stage",
+             "dpo", "--out", str(out), *sum((["--set", s] for s in settings), []), *extra],
+            capture_output=True, text=True, timeout=900, env=env)
+
+    full = train(tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = train(tmp_path / "killed", faults="dpo-reference@3")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert "Reference log-probs" in killed.stderr
+    assert not (tmp_path / "killed" / "dpo" / "reference_logps.pt").exists()
+    resumed = train(tmp_path / "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (sha256_file(tmp_path / "killed" / "dpo" / "hf" / "model.safetensors")
+            == sha256_file(tmp_path / "full" / "dpo" / "hf" / "model.safetensors"))

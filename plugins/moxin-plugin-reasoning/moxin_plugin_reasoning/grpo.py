@@ -45,7 +45,8 @@ from typing import Any
 
 import torch
 
-from moxin_core.api import ORIGIN, MoxinError, Objective, reply_stop_ids, selective_log_softmax
+from moxin_core.api import (ORIGIN, MoxinError, Objective, fault_point, reply_stop_ids,
+                            selective_log_softmax)
 
 from moxin_plugin_reasoning.generation import Completions, SamplingParams, build_generator, pad_id
 from moxin_plugin_reasoning.problems import INSTRUCTION
@@ -469,6 +470,7 @@ class GRPO(Objective):
         params = SamplingParams(g, self.max_new_tokens, self.temperature, self.top_p, self.top_k,
                                 tuple(reply_stop_ids(tokenizer)), pad, self._rollout_seed())
         out: Completions = self.generator.generate(model, prompts, params)
+        fault_point("grpo-generate")  # the fault tests stop a run here
         self._rollouts_made += 1
         texts = tokenizer.batch_decode(out.ids, skip_special_tokens=True)
         prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=False)

@@ -162,3 +162,14 @@ def test_sigkill_mid_grpo_then_resume_is_bit_identical(tmp_path, hf_folder):
     ours, theirs = (_rows(d / "grpo" / "metrics.csv") for d in (out, tmp_path / "full"))
     assert len(ours) == 6
     assert [r["train/reward"] for r in ours] == [r["train/reward"] for r in theirs]
+
+    # killed while generating a rollout (the third: after the step-3 checkpoint), then resumed
+    out = tmp_path / "killed-generating"
+    killed = subprocess.run(_command(out, hf_folder), capture_output=True, text=True,
+                            env={**_env(), "MOXIN_FAULTS": "grpo-generate@3"}, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (out / "grpo" / "checkpoints" / "step=000003.ckpt").is_dir()
+    resumed = subprocess.run(_command(out, hf_folder, "--resume"), capture_output=True,
+                             text=True, env=_env(), timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sha256_file(out / "grpo" / "hf" / "model.safetensors") == reference

@@ -54,8 +54,12 @@ def test_tiny_vlm_trains_from_the_instruct_run_and_reloads(trained):
     assert family.name == "vlm" and processor.transform.size == 32
     assert (stage / "tokenizer" / "image.json").exists()
     assert sorted(p.name for p in (stage / "hf").iterdir()) == [
-        "image.json", "lm", "moxin.json", "projector.safetensors", "vision.safetensors",
-        "vlm.json"]
+        "MOF.md", "image.json", "lm", "mof.json", "moxin.json", "projector.safetensors",
+        "vision.safetensors", "vlm.json"]
+    openness = {c["name"]: c["present"]
+                for c in json.loads((stage / "hf" / "mof.json").read_text())["components"]}
+    assert openness["Model architecture"] and openness["Model parameters (final)"]
+    assert openness["Inference code"] and openness["Evaluation results"]
 
 
 def test_generate_and_chat_with_an_image(trained, tmp_path, capsys):
