@@ -1,0 +1,98 @@
+"""The pytest plugin ``moxin`` (entry point group ``pytest11``): fixtures for plugin tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: what a fit in this process may leave in the environment; a child process would take them for
+#: a distributed launcher's settings
+DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+                   "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK")
+
+
+def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a child ``moxin`` process: offline, no distributed
+    settings."""
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    return {**env, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(extra or {})}
+
+
+@pytest.fixture
+def moxin_subprocess_env() -> Callable[..., dict[str, str]]:
+    return subprocess_env
+
+
+@pytest.fixture
+def moxin_registry() -> Any:
+    from moxin_core.plugins import Registry
+
+    return Registry()
+
+
+@pytest.fixture
+def moxin_register() -> Callable[..., Any]:
+    """``moxin_register(*plugins)``: a registry of the installed plugins and ``plugins``."""
+    from moxin_core.plugins import Registry, get_plugin_manager
+
+    def register(*plugins: Any) -> Any:
+        pm = get_plugin_manager()
+        for index, plugin in enumerate(plugins):
+            pm.register_plugin(plugin, f"test-plugin-{index}", "<test>")
+        return Registry(pm)
+
+    return register
+
+
+@pytest.fixture(scope="session")
+def moxin_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from moxin_core.training.blocks import ensure_embedded_tokenizer
+
+    return ensure_embedded_tokenizer(tmp_path_factory.mktemp("moxin-tok") / "tokenizer", 512)
+
+
+@pytest.fixture(scope="session")
+def moxin_tokenizer(moxin_tokenizer_dir: Path) -> Any:
+    from moxin_core.tokenizer import load_tokenizer
+
+    return load_tokenizer(moxin_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def moxin_tiny_model(moxin_tokenizer: Any) -> Callable[[], Any]:
+    """A factory: every call builds the same tiny causal LM (seed 0), sized to the tokenizer."""
+    import torch
+
+    from moxin_core.models.causal_lm import CausalLMFamily
+    from moxin_core.models.presets import BUILTIN_PRESETS
+
+    family = CausalLMFamily()
+    config = family.fit_config(BUILTIN_PRESETS["moxin-nano"]().config, moxin_tokenizer)
+
+    def build() -> Any:
+        torch.manual_seed(0)
+        return family.build(config).train()
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def moxin_records() -> Callable[..., list[dict]]:
+    """``moxin_records(count, kind="text"|"chat")``: records of the embedded corpus
+    (``{"text": ...}``) or of the embedded instructions (``{"messages": [...]}``)."""
+    from moxin_core.data.sources import BUILTIN_SOURCES
+
+    def records(count: int = 32, kind: str = "text") -> list[dict]:
+        if kind == "text":
+            source = BUILTIN_SOURCES["embedded"](num_documents=max(count, 1))
+            stream: Iterator[tuple[dict, Any]] = source.iter_from(None)
+            return [dict(r) for r, _ in islice(stream, count)]
+        raise ValueError(f"moxin_records: kind {kind!r} is not text (chat records come from "
+                         "moxin-plugin-instruct's embedded_instructions source)")
+
+    return records
