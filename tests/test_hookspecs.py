@@ -41,6 +41,15 @@ def test_docs_hooks_md_is_up_to_date():
         "docs/hooks.md is stale: run `make docs` (python -m moxin_core.docs_gen)"
 
 
+def test_docs_cli_md_is_the_parsers_help():
+    text = docs_gen.render_cli()
+    for verb in ("train", "reproduce", "new-plugin", "export", "eval", "chat"):
+        assert f"## `moxin {verb}`" in text and f"usage: moxin {verb}" in text, verb
+    assert "--resume" in text and "--kind {objective,data," in text
+    assert docs_gen.CLI_PATH.read_text() == text, \
+        "docs/cli.md is stale: run `make docs` (python -m moxin_core.docs_gen)"
+
+
 # --------------------------------------------------------------------------- called, not named
 # Every spec has a scenario: a probe plugin implements the hook, the core code path that
 # consumes it runs, and the test checks both that the plugin manager called the hook (hook-call

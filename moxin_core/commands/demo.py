@@ -9,7 +9,8 @@ from moxin_core.commands.base import Command
 
 
 class DemoCommand(Command):
-    help = "tokenizer, tiny pretraining, instruction tuning, export and a sample"
+    help = ("the whole family at tiny scale: tokenizer, pretraining, SFT, DPO, reasoning SFT, "
+            "GRPO, VLM, lm-eval and GGUF export")
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--out", default="runs/demo", help="run folder (replaced)")
