@@ -1,0 +1,6 @@
+"""The example's package importable from its source folder (the install test pip-installs it)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
