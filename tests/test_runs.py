@@ -317,6 +317,21 @@ def test_reproduce_base_and_instruct_runs_bit_identically(nano_tokenizer, tmp_pa
     assert not (tmp_path / "third" / "pretrain-128" / "manifest.json").exists()
 
 
+def test_stages_that_started_in_the_same_second_keep_their_variant_order(tmp_path):
+    from moxin_core.training.reproduce import stage_manifests
+
+    record = {"name": "v", "stages": [{"name": n} for n in ("pretrain-128", "pretrain-256",
+                                                            "enhance")]}
+    for name, started in (("pretrain-128", "2026-01-01T00:00:01+00:00"),
+                          ("pretrain-256", "2026-01-01T00:00:02+00:00"),
+                          ("enhance", "2026-01-01T00:00:02+00:00")):  # a tie, second precision
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps(
+            {"started_at": started, "variant_record": record}))
+    assert [f.name for f, _ in stage_manifests(tmp_path)] == ["pretrain-128", "pretrain-256",
+                                                              "enhance"]
+
+
 def test_reproduce_refuses_what_it_cannot_rerun(reference_run, tmp_path):
     assert_clean_error(run_cli("reproduce", str(tmp_path / "missing")), "is not a folder")
     assert_clean_error(run_cli("reproduce", str(tmp_path)), "no stage manifests")

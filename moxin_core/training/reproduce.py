@@ -75,7 +75,15 @@ def stage_manifests(run_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     if not found:
         raise MoxinError(f"{run_dir} holds no stage manifests (STAGE/manifest.json); pass the "
                          "--out folder of a `moxin train` run.")
-    return sorted(found, key=lambda item: (item[1].get("started_at") or "", item[0].name))
+    def order(item: tuple[Path, dict[str, Any]]) -> tuple[str, int, str]:
+        # when the start times tie (manifests with second precision), a variant's own stage
+        # order decides
+        folder, manifest = item
+        stages = [s.get("name") for s in (manifest.get("variant_record") or {}).get("stages", [])]
+        index = stages.index(folder.name) if folder.name in stages else len(stages)
+        return (manifest.get("started_at") or "", index, folder.name)
+
+    return sorted(found, key=order)
 
 
 def _first_loss_difference(original: Path, reproduced: Path) -> dict[str, Any] | None:
