@@ -64,18 +64,23 @@ def model_from_stage_checkpoint(registry: Any, stage_dir: Path
 
 
 def export_hf(model_path: str | Path, out: str | Path, force: bool = False,
-              registry: Any = None) -> Path:
+              registry: Any = None, **options: Any) -> Path:
     """Export a stage folder (finished or from its last checkpoint) or a model folder to ``out``
-    through the model's family."""
+    through the model's family. It takes no options: any raises MoxinError (the exporter
+    contract; a TypeError would reach a Python caller as a traceback)."""
     from moxin_core.models.family import family_for_source
     from moxin_core.plugins import Registry
 
+    if options:
+        raise MoxinError(f"Exporter 'hf' does not take option(s) {', '.join(sorted(options))} "
+                         "(it takes none; --force replaces an existing output).")
     registry = registry or Registry()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise MoxinError(f"Output {str(out)!r} is a file; --out names the folder to export to.")
     if out.exists() and any(out.iterdir()) and not force:
-        raise MoxinError(f"Output {str(out)!r} exists and is not empty; pass --force to replace it.")
+        raise MoxinError(f"Output {str(out)!r} exists and is not empty; pass --force to replace "
+                         "it.")
     path = Path(model_path).expanduser()
     if (path / "checkpoints").is_dir() and not (path / "hf").is_dir():
         model, processor, processor_dir, family = model_from_stage_checkpoint(registry, path)
