@@ -4,14 +4,19 @@ needed) and contract checks that pass on the core's components and catch planted
 from __future__ import annotations
 
 import json
+import math
 import random
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from moxin_core.data.sources import DataSource, EmbeddedCorpus, Files
+from moxin_core.errors import MoxinError
 from moxin_core.objectives.lm import CausalLM
-from moxin_core.testing import ContractError, check_data_source, check_objective
+from moxin_core.testing import (ContractError, check_data_source, check_evaluator,
+                                check_exporter, check_objective, check_reward)
 
 
 def test_the_fixtures_come_from_the_installed_pytest_plugin(request, moxin_tokenizer,
@@ -132,3 +137,246 @@ def test_objective_contracts_catch_planted_bugs(objective, contract, moxin_token
     with pytest.raises(ContractError, match=f"{objective.__name__} breaks the contract "
                                             f"'{contract}'"):
         check_objective(objective, moxin_tiny_model, moxin_tokenizer, moxin_records(64))
+
+
+# -- exporters -----------------------------------------------------------------------------------
+
+def test_the_hf_exporter_keeps_the_exporter_contracts(moxin_registry, moxin_model_folder,
+                                                      tmp_path):
+    out = check_exporter(moxin_registry.get("exporters", "hf"), moxin_model_folder,
+                         tmp_path / "hf")
+    assert (out / "model.safetensors").is_file() and (out / "moxin.json").is_file()
+    # the stale files the force contract wrote over are gone: out is a fresh export again
+    assert (out / "config.json").read_text().startswith("{")
+
+
+def _copy_config(model_path, out, force=False, **options):
+    """A correct toy exporter: the model's config.json, as one file."""
+    if options:
+        raise MoxinError(f"unknown option(s) {sorted(options)}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise MoxinError(f"{out} exists; pass force=True")
+    out.write_bytes((Path(model_path) / "config.json").read_bytes())
+    return out
+
+
+def _overwrites(model_path, out, force=False, **options):
+    """Planted bug: writes over an existing output without force."""
+    return _copy_config(model_path, out, force=True, **options)
+
+
+def _ignores_force(model_path, out, force=False, **options):
+    """Planted bug: with force=True over an existing output, keeps what was there."""
+    if force and Path(out).exists():
+        return Path(out)
+    return _copy_config(model_path, out, force, **options)
+
+
+def _no_options(model_path, out, force=False):
+    """Planted bug: an unknown option is a TypeError (a traceback for the user)."""
+    return _copy_config(model_path, out, force)
+
+
+def _timestamped(model_path, out, force=False, **options):
+    """Planted bug: the output carries the time it was written."""
+    out = _copy_config(model_path, out, force, **options)
+    out.write_text(out.read_text() + f"\n{time.time_ns()}\n")
+    return out
+
+
+def _returns_text(model_path, out, force=False, **options):
+    """Planted bug: returns a str, not the pathlib.Path it wrote."""
+    return str(_copy_config(model_path, out, force, **options))
+
+
+def test_a_correct_toy_exporter_passes(moxin_model_folder, tmp_path):
+    # the control for the planted bugs below: each differs from it by its bug alone
+    check_exporter(lambda: _copy_config, moxin_model_folder, tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("exporter,contract", [
+    (_overwrites, "refuses to overwrite"), (_ignores_force, "force replaces"),
+    (_no_options, "unknown options raise MoxinError"), (_timestamped, "deterministic"),
+    (_returns_text, "writes out")])
+def test_exporter_contracts_catch_planted_bugs(exporter, contract, moxin_model_folder, tmp_path):
+    with pytest.raises(ContractError, match=f"{exporter.__name__} breaks the contract "
+                                            f"'{contract}'") as caught:
+        check_exporter(lambda: exporter, moxin_model_folder, tmp_path / "config.json")
+    if contract == "unknown options raise MoxinError":
+        assert "TypeError" in str(caught.value) and "no_such_option" in str(caught.value)
+
+
+def test_the_hf_exporter_refuses_unknown_options_with_a_moxin_error(moxin_registry,
+                                                                     moxin_model_folder,
+                                                                     tmp_path):
+    export = moxin_registry.get("exporters", "hf")()
+    with pytest.raises(MoxinError, match="Exporter 'hf' does not take option\\(s\\) outtype"):
+        export(moxin_model_folder, tmp_path / "hf", outtype="q8_0")
+    assert not (tmp_path / "hf").exists()
+
+
+# -- rewards -------------------------------------------------------------------------------------
+
+PROMPTS = [[1, 2, 3]] * 3
+COMPLETIONS = ["The answer is 12.", "I think it is 7", "no idea at all"]
+FIELDS = {"answer": ["12", "8", "3"], "completion_ids": [[5] * 6, [5] * 5, [5] * 4]}
+
+
+def _word_count(prompts, completions, **fields):
+    """A correct toy reward: fewer words score higher."""
+    return [1.0 / (1 + len(c.split())) for c in completions]
+
+
+def _one_short(prompts, completions, **fields):
+    """Planted bug: the last completion gets no reward."""
+    return _word_count(prompts, completions)[:-1]
+
+
+def _strips_in_place(prompts, completions, **fields):
+    """Planted bug: cleans the completions in the caller's list."""
+    for i, c in enumerate(completions):
+        completions[i] = c.strip(".")
+    return _word_count(prompts, completions)
+
+
+def _noisy(prompts, completions, **fields):
+    """Planted bug: a random tie-breaker."""
+    return [r + random.random() * 1e-3 for r in _word_count(prompts, completions)]
+
+
+def _last_character(prompts, completions, **fields):
+    """Planted bug: reads the last character of each completion (an empty one raises)."""
+    return [float(c[-1] == ".") for c in completions]
+
+
+def _ratio(prompts, completions, **fields):
+    """Planted bug: answer length over completion length (inf on empty completions)."""
+    return [len(a) / len(c) if c else math.inf for a, c in zip(fields["answer"], completions)]
+
+
+def _maybe(prompts, completions, **fields):
+    """Planted bug: None where it cannot tell."""
+    return [None if "idea" in c else 1.0 for c in completions]
+
+
+def _as_tuple(prompts, completions, **fields):
+    """Planted bug: a tuple, not a list."""
+    return tuple(_word_count(prompts, completions))
+
+
+def test_a_correct_toy_reward_passes():
+    rewards = check_reward(lambda: _word_count, PROMPTS, COMPLETIONS, **FIELDS)
+    assert rewards == [1 / 5, 1 / 6, 1 / 5]
+
+
+@pytest.mark.parametrize("reward,contract", [
+    (_one_short, "one reward per completion"), (_strips_in_place, "inputs unchanged"),
+    (_noisy, "deterministic"), (_last_character, "handles empty completions"),
+    (_ratio, "finite rewards"), (_maybe, "rewards are numbers"), (_as_tuple, "returns a list")])
+def test_reward_contracts_catch_planted_bugs(reward, contract):
+    with pytest.raises(ContractError, match=f"{reward.__name__} breaks the contract "
+                                            f"'{contract}'") as caught:
+        check_reward(lambda: reward, PROMPTS, COMPLETIONS, **FIELDS)
+    if contract == "one reward per completion":
+        assert "2 rewards for 3 completions" in str(caught.value)
+
+
+# -- evaluators ----------------------------------------------------------------------------------
+
+class _ConfigSize:
+    """A correct toy evaluator: the model's hidden size, read from its config.json."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        if scale <= 0:
+            raise MoxinError(f"scale must be positive, got {scale}")
+        self.scale = scale
+
+    def __call__(self, model_path: str) -> dict[str, float]:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+        return {"hidden": self.scale * config["hidden_size"], "n": 1.0}
+
+
+class _NaNScore(_ConfigSize):
+    """Planted bug: a score of an empty set (0/0 as NaN)."""
+
+    def __call__(self, model_path):
+        return {**super().__call__(model_path), "accuracy": math.nan}
+
+
+class _TensorScore(_ConfigSize):
+    """Planted bug: a tensor score."""
+
+    def __call__(self, model_path):
+        return {"hidden": torch.tensor(super().__call__(model_path)["hidden"])}
+
+
+class _TakesAnything(_ConfigSize):
+    """Planted bug: a misspelled option (``scael: 2``) is swallowed."""
+
+    def __init__(self, scale: float = 1.0, **ignored) -> None:
+        super().__init__(scale)
+
+
+class _Sampled(_ConfigSize):
+    """Planted bug: an unseeded sample."""
+
+    def __call__(self, model_path):
+        return {**super().__call__(model_path), "sampled": random.random()}
+
+
+class _Caches(_ConfigSize):
+    """Planted bug: leaves a cache file in the model folder."""
+
+    def __call__(self, model_path):
+        (Path(model_path) / "eval-cache.json").write_text("{}")
+        return super().__call__(model_path)
+
+
+class _LoadsEarly(_ConfigSize):
+    """Planted bug: does its slow work in the factory."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__(scale)
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def config_folder(moxin_model_folder, tmp_path) -> Path:
+    """A copy of the model folder's config.json alone (the toy evaluators read nothing else)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((moxin_model_folder / "config.json").read_bytes())
+    return folder
+
+
+def test_a_correct_toy_evaluator_passes(config_folder):
+    scores = check_evaluator(_ConfigSize, config_folder, {"scale": 2.0}, build_seconds=0.2)
+    assert scores["hidden"] == 2.0 * json.loads((config_folder / "config.json").read_text())[
+        "hidden_size"]
+
+
+@pytest.mark.parametrize("evaluator,contract", [
+    (_NaNScore, "finite scores"), (_TensorScore, "scores are named numbers"),
+    (_TakesAnything, "rejects unknown options"), (_Sampled, "deterministic"),
+    (_Caches, "leaves the model alone"), (_LoadsEarly, "cheap to build")])
+def test_evaluator_contracts_catch_planted_bugs(evaluator, contract, config_folder):
+    with pytest.raises(ContractError, match=f"{evaluator.__name__} breaks the contract "
+                                            f"'{contract}'"):
+        check_evaluator(evaluator, config_folder, {"scale": 2.0}, build_seconds=0.2)
+
+
+def test_an_evaluator_that_takes_a_reference_receives_it(config_folder, tmp_path):
+    seen = []
+
+    def factory():
+        def evaluate(model_path, reference=None):
+            seen.append(reference)
+            return {"same": float(Path(model_path) == Path(reference))}
+        return evaluate
+
+    assert check_evaluator(factory, config_folder) == {"same": 1.0}
+    other = tmp_path / "other"
+    other.mkdir()
+    assert check_evaluator(factory, config_folder, reference=other) == {"same": 0.0}
+    assert seen == [str(config_folder)] * 2 + [str(other)] * 2

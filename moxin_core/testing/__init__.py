@@ -10,15 +10,31 @@ plugin's own tests get the fixtures without a conftest:
   on the embedded corpus (chat template included);
 * ``moxin_tiny_model``: a factory of identical tiny causal LMs (``moxin-nano``, seeded) sized to
   that tokenizer;
+* ``moxin_model_folder``: that model and tokenizer saved once per session as a ``causal-lm``
+  model folder (what exporters and evaluators are given);
 * ``moxin_records``: a factory of records from the embedded corpus or chat sources;
 * ``moxin_subprocess_env``: this process's environment for a child ``moxin`` process (offline,
   without the distributed settings an in-process fit leaves behind).
 
-And the contract checks (:mod:`moxin_core.testing.contracts`): :func:`check_data_source`,
-:func:`check_objective`, which fail with :class:`ContractError` naming the broken contract.
+And the contract checks, one per kind of component, which fail with :class:`ContractError`
+naming the broken contract:
+
+* :func:`check_data_source` and :func:`check_objective` (:mod:`moxin_core.testing.contracts`);
+* :func:`check_exporter` (:mod:`moxin_core.testing.exporters`);
+* :func:`check_vision_encoder` (:mod:`moxin_core.testing.vision_encoders`);
+* :func:`check_reward` (:mod:`moxin_core.testing.rewards`);
+* :func:`check_evaluator` (:mod:`moxin_core.testing.evaluators`);
+* :func:`check_model_family` (:mod:`moxin_core.testing.model_families`).
 """
 
 from moxin_core.testing.contracts import (ContractError, check_data_source, check_objective,
                                           objective_batch)
+from moxin_core.testing.evaluators import check_evaluator
+from moxin_core.testing.exporters import check_exporter
+from moxin_core.testing.model_families import check_model_family
+from moxin_core.testing.rewards import check_reward
+from moxin_core.testing.vision_encoders import check_vision_encoder
 
-__all__ = ["ContractError", "check_data_source", "check_objective", "objective_batch"]
+__all__ = ["ContractError", "check_data_source", "check_evaluator", "check_exporter",
+           "check_model_family", "check_objective", "check_reward", "check_vision_encoder",
+           "objective_batch"]

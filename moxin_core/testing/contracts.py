@@ -13,8 +13,10 @@ contract that broke and what was seen. Use them from a plain test::
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +32,24 @@ class ContractError(AssertionError):
     def __init__(self, component: str, contract: str, detail: str) -> None:
         self.component, self.contract = component, contract
         super().__init__(f"{component} breaks the contract {contract!r}: {detail}")
+
+
+def file_digests(path: str | Path) -> dict[str, str]:
+    """``{name: sha256}`` of every file under the folder ``path`` (names relative to it), or
+    ``{".": sha256}`` of the file ``path``; ``{}`` when nothing is there."""
+    path = Path(path)
+    if path.is_file():
+        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
+    if not path.is_dir():
+        return {}
+    return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def component_name(component: Any) -> str:
+    """How a component is named in a ContractError: its function's or class's name."""
+    name = getattr(component, "__qualname__", None) or type(component).__name__
+    return name.replace(".<locals>.", ".")
 
 
 def _plain(record: dict) -> dict:

@@ -82,6 +82,19 @@ def moxin_tiny_model(moxin_tokenizer: Any) -> Callable[[], Any]:
 
 
 @pytest.fixture(scope="session")
+def moxin_model_folder(tmp_path_factory: pytest.TempPathFactory, moxin_tiny_model: Callable,
+                       moxin_tokenizer: Any, moxin_tokenizer_dir: Path) -> Path:
+    """A model folder (``causal-lm``: transformers files, tokenizer, ``moxin.json``) of the
+    ``moxin_tiny_model`` model with the ``moxin_tokenizer`` tokenizer, written once per
+    session: what exporters and evaluators are given. Treat it as read-only."""
+    from moxin_core.models.causal_lm import CausalLMFamily
+
+    return CausalLMFamily().save(moxin_tiny_model(), moxin_tokenizer,
+                                 tmp_path_factory.mktemp("moxin-model") / "model",
+                                 moxin_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
 def moxin_records() -> Callable[..., list[dict]]:
     """``moxin_records(count, kind="text"|"chat")``: records of the embedded corpus
     (``{"text": ...}``) or of the embedded instructions (``{"messages": [...]}``)."""

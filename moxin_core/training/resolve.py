@@ -114,16 +114,22 @@ def _variant_result(registry: Any, reference: str, out: Path, stage: Stage) -> P
 
 def evaluator_factory(registry: Any, name: str, options: dict[str, Any]) -> Any:
     """The factory of evaluator ``name``, once ``options`` are known to fit its parameters."""
+    factory = registry.get("evaluators", name)
+    check_evaluator_options(name, factory, options)
+    return factory
+
+
+def check_evaluator_options(name: str, factory: Any, options: dict[str, Any]) -> None:
+    """MoxinError, naming the parameters it accepts, when ``options`` do not fit the signature
+    of evaluator ``name``'s ``factory`` (a factory taking ``**options`` checks them itself)."""
     import inspect
 
-    factory = registry.get("evaluators", name)
     try:
         inspect.signature(factory).bind(**options)
     except TypeError as error:
         accepted = ", ".join(inspect.signature(factory).parameters)
         raise MoxinError(f"Evaluator {name!r}: {error} (options {sorted(options)}); it accepts: "
                          f"{accepted or 'no options'}.") from None
-    return factory
 
 
 def stage_start(registry: Any, variant: Variant, stage: Stage, out: Path) -> str:
