@@ -110,14 +110,19 @@ _COMPONENTS = {
         from torchvision import transforms
 
 
+        def _rgb(picture):
+            return picture.convert("RGB")
+
+
         class {cls}(torch.nn.Module):
             """``(batch, 3, size, size)`` images to ``(batch, (size/patch)^2, width)`` features."""
 
             def __init__(self, size: int = 32, patch: int = 8, width: int = 64) -> None:
                 super().__init__()
-                self.feature_width = width
+                self.feature_width, self.num_patches = width, (size // patch) ** 2
                 self.embed = torch.nn.Conv2d(3, width, kernel_size=patch, stride=patch)
                 self.transform = transforms.Compose([
+                    transforms.Lambda(_rgb),  # grayscale and RGBA pictures as well
                     transforms.Resize((size, size)), transforms.ToTensor(),
                     transforms.Normalize([0.5] * 3, [0.5] * 3)])
 
@@ -273,62 +278,64 @@ _TESTS = {
             check_data_source(lambda: factory(path=str(path)))
         ''',
     "encoder": '''
-        import torch
-        from PIL import Image
+        from moxin_core.testing import check_vision_encoder
+
+        from {package}.component import {cls}
 
 
-        def test_the_encoder_maps_images_to_patch_features(moxin_registry):
-            encoder = moxin_registry.get("vision_encoders", "{name}")()
-            image = encoder.transform(Image.new("RGB", (40, 30), "red"))
-            features = encoder(torch.stack([image, image]))
-            assert features.shape == (2, 16, encoder.feature_width)
-            assert torch.isfinite(features).all()
+        def test_the_encoder_is_registered(moxin_registry):
+            assert moxin_registry.get("vision_encoders", "{name}") is {cls}
+
+
+        def test_the_encoder_keeps_the_contracts():
+            encoder = check_vision_encoder({cls}, size=32, patch=8, width=64)
+            assert encoder.num_patches == 16
         ''',
     "exporter": '''
         from safetensors.torch import load_file
 
-        from moxin_core.api import save_model
+        from moxin_core.testing import check_exporter
 
 
-        def test_the_exporter_writes_half_precision_weights(moxin_registry, moxin_tokenizer,
-                                                            moxin_tokenizer_dir,
-                                                            moxin_tiny_model, tmp_path):
-            model = moxin_tiny_model()
-            folder = save_model(model, moxin_tokenizer, tmp_path / "model", moxin_tokenizer_dir)
-            export = moxin_registry.get("exporters", "{name}")()
-            out = export(str(folder), str(tmp_path / "out.safetensors"), registry=moxin_registry)
+        def test_the_exporter_keeps_the_contracts(moxin_registry, moxin_model_folder,
+                                                  moxin_tiny_model, tmp_path):
+            out = check_exporter(moxin_registry.get("exporters", "{name}"), moxin_model_folder,
+                                 tmp_path / "model.safetensors", registry=moxin_registry)
             weights = load_file(out)
-            assert set(weights) == set(model.state_dict())
+            assert set(weights) == set(moxin_tiny_model().state_dict())
             assert all(w.dtype.itemsize == 2 for w in weights.values())
         ''',
     "evaluator": '''
-        import math
-
-        from moxin_core.api import save_model
+        from moxin_core.testing import check_evaluator
 
 
-        def test_the_evaluator_scores_a_model(moxin_registry, moxin_tokenizer, moxin_tokenizer_dir,
-                                              moxin_tiny_model, tmp_path):
-            folder = save_model(moxin_tiny_model(), moxin_tokenizer, tmp_path / "model",
-                                moxin_tokenizer_dir)
-            evaluate = moxin_registry.get("evaluators", "{name}")()
-            scores = evaluate(str(folder))
-            assert scores["n"] == 2 and math.isfinite(scores["perplexity"])
-            assert scores["perplexity"] > 1
+        def test_the_evaluator_keeps_the_contracts(moxin_registry, moxin_model_folder):
+            scores = check_evaluator(moxin_registry.get("evaluators", "{name}"),
+                                     moxin_model_folder, {{"texts": ["One two three."]}})
+            assert scores["n"] == 1 and scores["perplexity"] > 1
         ''',
     "reward": '''
-        def test_the_reward_scores_each_completion(moxin_registry):
-            reward = moxin_registry.get("reward_functions", "{name}")(max_words=3)
-            assert reward(["q", "q"], ["one two", "one two three four five six"]) == [1.0, 0.5]
+        from moxin_core.testing import check_reward
+
+
+        def test_the_reward_keeps_the_contracts(moxin_registry):
+            factory = moxin_registry.get("reward_functions", "{name}")
+            completions = ["one two", "one two three four five six", ""]
+            rewards = check_reward(lambda: factory(max_words=3), ["q"] * 3, completions,
+                                   completion_ids=[[1, 2], [1] * 6, []])
+            assert rewards == [1.0, 0.5, 1.0]
         ''',
     "model": '''
         from moxin_core.api import resolve_model
+        from moxin_core.testing import check_model_family
 
 
-        def test_the_preset_builds(moxin_registry):
+        def test_the_preset_keeps_the_family_contracts(moxin_registry, moxin_tokenizer,
+                                                       moxin_tokenizer_dir, tmp_path):
             ref = resolve_model(moxin_registry, "{name}")
-            model = ref.family.build(ref.config())
-            assert sum(p.numel() for p in model.parameters()) > 0
+            out = check_model_family(ref.family, ref.config(), moxin_tokenizer, tmp_path,
+                                     processor_source=moxin_tokenizer_dir)
+            assert (out / "moxin.json").is_file()
         ''',
 }
 
