@@ -236,3 +236,41 @@ def test_hf_dataset_parts_split_by_node(jsonl_dataset):
              for i in range(2)]
     assert not set(parts[0]) & set(parts[1])
     assert len(parts[0]) + len(parts[1]) == 20
+
+
+class SkipsEverything(RecordIds):
+    """An objective whose builder skips every record (each too long for seq_len, say)."""
+
+    class Builder(RecordIds.Builder):
+        def feed(self, record: dict) -> list[dict]:
+            self.fed += 1
+            return []
+
+        def state_dict(self) -> dict:
+            return {"stats": {"skipped_too_long": self.fed}}
+
+
+def test_a_stream_whose_records_all_give_no_example_stops_with_a_clear_error():
+    # before, the stream read its endless mixture forever looking for a first batch
+    objective = SkipsEverything()
+    stream = BatchStream(_mixture(), lambda: objective.example_builder(None, 0),
+                         objective.collate, 2, Layout())
+    with pytest.raises(MoxinError, match=r"20,000 records in a row gave no training example "
+                       r".*'skipped_too_long': 20000.*raise seq_len"):
+        next(stream.iter_stream(0))
+    # the up-front data check says so before a model is built, naming the source and seq_len
+    module = MoxinDataModule(_mixture(), SkipsEverything(), None, 32, 2)
+    with pytest.raises(MoxinError, match=r"Data source embedded.*gave no training example at "
+                       r"seq_len 32"):
+        module.check_data()
+
+
+def test_a_source_whose_first_records_give_no_example_is_not_refused_early():
+    # a packing builder fills its first block from several short records: the check reads on
+    class FirstExampleLate(RecordIds):
+        class Builder(RecordIds.Builder):
+            def feed(self, record: dict) -> list[dict]:
+                self.fed += 1
+                return [{"origin": record["__origin__"]}] if self.fed > 500 else []
+
+    MoxinDataModule(_mixture(), FirstExampleLate(), None, 32, 2).check_data()

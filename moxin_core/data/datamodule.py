@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from moxin_core import distributed
 from moxin_core.data.sources import ORIGIN, DataSource, Mixture, WeightedSource
-from moxin_core.data.stream import BatchStream, Layout, _as_is
+from moxin_core.data.stream import (MAX_EMPTY_RECORDS, BatchStream, Layout, _as_is,
+                                    no_example_error)
 from moxin_core.errors import MoxinError
 from moxin_core.variants import DataSpec
 
@@ -76,17 +77,25 @@ class MoxinDataModule(pl.LightningDataModule):
         """Read the first records of every source through the example builder (fail early)."""
         builder = self.objective.example_builder(self.processor, self.seq_len)
         for item in self.mixture.sources:
-            count, blank, first = 0, 0, None
-            for record, _ in item.source.iter_from(None):
-                builder.feed(record)
-                count += 1
-                first = first or record.get(ORIGIN)
-                # "text" is the core's name for a record's text (select_text): an objective that
-                # reads text has set it by now
-                text = record.get("text")
-                blank += isinstance(text, str) and not text.strip()
-                if count >= self.validate_records:
-                    break
+            count, blank, first, examples = 0, 0, None, 0
+            done = False
+            while not done:  # a short source is read again, as training would
+                before = count
+                for record, _ in item.source.iter_from(None):
+                    examples += len(builder.feed(record))
+                    count += 1
+                    first = first or record.get(ORIGIN)
+                    # "text" is the core's name for a record's text (select_text): an objective
+                    # that reads text has set it by now
+                    text = record.get("text")
+                    blank += isinstance(text, str) and not text.strip()
+                    # past the first records, read on only until one gives an example (a
+                    # packing builder needs several short records for its first block)
+                    done = count >= self.validate_records and (
+                        examples > 0 or count >= MAX_EMPTY_RECORDS)
+                    if done:
+                        break
+                done = done or count == before or blank == count
             if count == 0:
                 raise MoxinError(f"Data source {item.source.describe()} is empty: it yielded no "
                                  "record. Check its files or options.")
@@ -96,6 +105,9 @@ class MoxinDataModule(pl.LightningDataModule):
                                  "or blank, so there is nothing to train on. Check the files, or "
                                  "name the field that holds the text with the source's "
                                  "`text_field` option.")
+            if not examples and count >= MAX_EMPTY_RECORDS:
+                raise no_example_error(count, f"Data source {item.source.describe()}", builder,
+                                       self.seq_len)
 
     def _stream(self, start: dict[int, dict] | None = None, first: int = 0) -> BatchStream:
         return BatchStream(self.mixture,

@@ -46,6 +46,27 @@ from moxin_core.errors import MoxinError
 
 SHARDING = ("examples", "records")
 
+#: records in a row that may give no training example before the stream stops with an error (an
+#: objective's builder skips records that do not fit seq_len; a stream of only such records
+#: would otherwise search for a batch forever)
+MAX_EMPTY_RECORDS = 20_000
+
+
+def no_example_error(read: int, where: str, builder: Any,
+                     seq_len: int | None = None) -> MoxinError:
+    """The error for ``read`` records in a row of which the builder made no example."""
+    stats = {}
+    try:
+        stats = dict((builder.state_dict() or {}).get("stats") or {})
+    except Exception:  # noqa: BLE001 - a builder without stats: the message goes without them
+        pass
+    shown = f" (the builder's counts: {stats})" if stats else ""
+    limit = f" at seq_len {seq_len}" if seq_len else ""
+    return MoxinError(f"{where}: {read:,} records in a row gave no training example{limit}"
+                      f"{shown}. The records are probably longer than the sequence length "
+                      "allows (prompts and answers are skipped, not cut); raise seq_len, or "
+                      "shorten or filter the records.")
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -155,8 +176,12 @@ class BatchStream(IterableDataset):
         while True:
             examples = []
             while len(examples) < self.micro_batch_size:
+                empty = 0
                 while not pending:
                     pending.extend(builder.feed(next(records)))
+                    empty += 1
+                    if empty >= MAX_EMPTY_RECORDS and not pending:
+                        raise no_example_error(empty, "The training data", builder)
                 examples.append(pending.pop(0))
             current, chunk = chunk, chunk + 1
             if not self.layout.owns(current, stream):
