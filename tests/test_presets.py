@@ -99,6 +99,19 @@ def test_saved_folder_reloads_through_its_family(tmp_path, registry, nano_tokeni
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
 
+    # a finished stage folder (OUT/STAGE, its model in hf/) is a model too, as for `moxin chat`;
+    # its tokenizer comes from there when the stage names none
+    from moxin_core.training.resolve import stage_processor
+    from moxin_core.variants import DataSpec, Stage, Variant
+
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "ckpt").rename(tmp_path / "stage" / "hf")
+    staged = resolve_model(registry, str(tmp_path / "stage"))
+    assert staged.source == str(tmp_path / "stage" / "hf") and not staged.is_preset
+    stage = Stage("next", "lm", [DataSpec("embedded")], model=str(tmp_path / "stage"))
+    assert stage_processor(registry, Variant("v", [stage]), stage, stage.model,
+                           tmp_path) == str(tmp_path / "stage" / "hf")
+
 
 def test_unknown_preset_is_a_clear_error(registry, tmp_path):
     with pytest.raises(MoxinError, match="Unknown model preset 'moxin-3b'.*moxin-7b"):

@@ -273,6 +273,10 @@ def resolve_model(registry: Any, model: str) -> ModelRef:
         return ModelRef(model, get_family(registry, preset.family), preset=preset)
     path = Path(model).expanduser()
     if path.is_dir():
+        marks = ("config.json", "moxin.json")
+        if not any((path / m).exists() for m in marks) and any((path / "hf" / m).exists()
+                                                                  for m in marks):
+            path = path / "hf"  # a finished stage folder (OUT/STAGE): the model it exported
         return ModelRef(model, family_for_source(registry, str(path)), source=str(path))
     if _looks_like_path(model):
         raise MoxinError(f"Model path {model!r} does not exist. Give a preset name "

@@ -209,4 +209,4 @@ def stage_processor(registry: Any, variant: Variant, stage: Stage, init: str,
     if ref.is_preset:
         raise MoxinError(f"Stage {stage.name!r} starts from preset {stage.model!r} but names no "
                          "tokenizer; set `tokenizer` (a folder, a hub id or 'embedded').")
-    return stage.model
+    return ref.source or stage.model  # the model's folder (a stage folder's hf/) or hub id
