@@ -95,7 +95,9 @@ def moxin_vision_encoders() -> dict[str, Factory]:
     Returns:
         ``{name: factory}``. ``factory(**options)`` returns a module mapping an image batch
         ``(batch, 3, H, W)`` to patch features ``(batch, patches, width)``, with attributes
-        ``transform`` (PIL image to tensor) and ``feature_width`` (int).
+        ``transform`` (PIL image to tensor), ``feature_width`` (int: ``width``) and
+        ``num_patches`` (int: ``patches``, the image tokens a VLM inserts per picture).
+        :func:`moxin_core.testing.check_vision_encoder` checks these.
     """
 
 

@@ -10,6 +10,7 @@ example of its kind, to be replaced by the real thing), a README and tests that 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import textwrap
 from pathlib import Path
@@ -239,6 +240,9 @@ _REGISTERS = {  # what the hook returns
     "model": "{{\"{name}\": {name_ident}}}",
 }
 
+#: what a kind's component imports besides moxin-core (the encoder's transform is torchvision's)
+_DEPENDENCIES = {"encoder": ["moxin-core", "torchvision"]}
+
 _IMPORTS = {
     "objective": "from {package}.component import {cls}",
     "data": "from {package}.component import {cls}",
@@ -390,7 +394,7 @@ def scaffold(name: str, kind: str, out: str | Path = ".") -> Path:
         version = "0.1.0"
         description = "moxin plugin ({kind})"
         requires-python = ">=3.10"
-        dependencies = ["moxin-core"]
+        dependencies = {dependencies}
 
         [project.optional-dependencies]
         test = ["pytest"]
@@ -400,7 +404,8 @@ def scaffold(name: str, kind: str, out: str | Path = ".") -> Path:
 
         [tool.setuptools]
         packages = ["{package}"]
-        ''', **names, kind=kind))
+        ''', **names, kind=kind,
+        dependencies=json.dumps(_DEPENDENCIES.get(kind, ["moxin-core"]))))
     (root / "README.md").write_text(_render('''
         # {dist}
 

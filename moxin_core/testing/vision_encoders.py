@@ -37,8 +37,8 @@ def check_vision_encoder(factory: Callable[..., torch.nn.Module],
     * **patch features**: the module maps the stacked ``(batch, 3, H, W)`` to
       ``(batch, patches, width)``, the same number of patches for every picture;
     * **feature_width**: ``width`` equals ``feature_width`` (a VLM sizes its projector by it);
-    * **num_patches**: when the encoder has it (the vlm plugin's models read it), it equals
-      ``patches``;
+    * **num_patches**: an int equal to ``patches`` (a VLM counts the image tokens it inserts by
+      it);
     * **finite features**;
     * **deterministic in eval mode**: the same batch twice gives the same features;
     * **batch independence** (eval mode): a picture alone gives the features it gets in the
@@ -93,9 +93,10 @@ def check_vision_encoder(factory: Callable[..., torch.nn.Module],
             raise ContractError(name, "feature_width", f"features are {features.shape[-1]} "
                                 f"wide but feature_width is {width}")
         patches = getattr(encoder, "num_patches", None)
-        if patches is not None and patches != features.shape[1]:
+        if not isinstance(patches, int) or patches != features.shape[1]:
             raise ContractError(name, "num_patches", f"num_patches is {patches!r} but the "
-                                f"features have {features.shape[1]} patches")
+                                f"features have {features.shape[1]} patches (an int attribute "
+                                "num_patches is required)")
         if not torch.isfinite(features).all():
             raise ContractError(name, "finite features", "the features hold NaN or inf")
         scale = max(1.0, float(features.abs().max()))
