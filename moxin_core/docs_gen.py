@@ -110,11 +110,12 @@ def variant_providers(registry: object) -> dict[str, str]:
 def render_variant_recipe(entry: dict, provider: str) -> str:
     """The generated part of a variant's page: what it trains and with which settings."""
     name, stages = entry["name"], entry["stages"]
+    tokenizer = _cell(entry["tokenizer"]) if entry["tokenizer"] else "the starting model’s own"
     lines = [RECIPE_BEGIN, "", entry["description"], "",
              f"Registered by **{provider}**. Train it with `moxin train {name} --out runs/NAME` "
              f"(`--stage S` for one stage, `--set KEY=VALUE` / `--set STAGE.KEY=VALUE` to change "
              f"a setting); `moxin variants --json` gives it in the YAML variant-file layout. "
-             f"Tokenizer: {_cell(entry['tokenizer']) if entry['tokenizer'] else 'the starting model’s own'}.", "",
+             f"Tokenizer: {tokenizer}.", "",
              "## Stages", "",
              "| # | stage | objective (options) | starts from | data (weight, options) | "
              "evaluators |", "| --- | --- | --- | --- | --- | --- |"]

@@ -19,17 +19,9 @@ NANO_SETS = ["pretrain-128.model=moxin-nano", "seq_len=64", "micro_batch_size=4"
              "checkpoint_every=2", "log_every=1"]
 
 
-#: left in this process's environment by what tests run in-process (accelerate, behind TRL's
-#: trainers, sets MASTER_PORT=29500 and listens there; a Lightning fit sets RANK, WORLD_SIZE,
-#: ...): a child process would take them for a launcher's settings
-DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
-                   "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK")
-
-
-def subprocess_env(extra: dict | None = None) -> dict:
-    """This process's environment for a child: offline, and without distributed settings."""
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
-    return {**env, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(extra or {})}
+# a child process starts offline and without the distributed settings in-process fits leave
+# behind (accelerate, behind TRL's trainers, sets MASTER_PORT; a Lightning fit sets RANK, ...)
+from moxin_core.testing import DISTRIBUTED_ENV, subprocess_env  # noqa: E402,F401
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 900,

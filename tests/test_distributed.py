@@ -89,12 +89,8 @@ def _command(out, tokenizer, steps=6, torchrun=False, resume=False, **settings) 
     return [sys.executable, *cli]
 
 
-def _env(extra: dict | None = None) -> dict:
-    return subprocess_env(extra)
-
-
 def _run(command, extra_env=None) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True, env=_env(extra_env),
+    result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(extra_env),
                             cwd=REPO, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -154,7 +150,7 @@ def _kill_and_resume(out, tokenizer, steps, marker_step, **settings) -> str:
     command = _command(out, tokenizer, steps=steps, **settings)
     # its own process group: the launcher's child ranks die with it
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=_env(), cwd=REPO, start_new_session=True)
+                               env=subprocess_env(), cwd=REPO, start_new_session=True)
     marker = out / STAGE / "checkpoints" / f"step={marker_step:06d}.ckpt"
     deadline = time.time() + 600
     while not marker.exists() and process.poll() is None and time.time() < deadline:

@@ -26,10 +26,6 @@ def _command(out, tokenizer, *extra):
             *sum((["--set", s] for s in settings), []), *extra]
 
 
-def _env():
-    return subprocess_env()
-
-
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tmp_path_factory):
     from moxin_core.training.blocks import ensure_embedded_tokenizer
@@ -40,12 +36,12 @@ def tiny_tokenizer(tmp_path_factory):
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_tokenizer):
     subprocess.run(_command(tmp_path / "full", tiny_tokenizer), check=True, capture_output=True,
-                   env=_env(), cwd=REPO, timeout=900)
+                   env=subprocess_env(), cwd=REPO, timeout=900)
     reference = sha256_file(tmp_path / "full" / STAGE / "hf" / "model.safetensors")
 
     out = tmp_path / "killed"
     process = subprocess.Popen(_command(out, tiny_tokenizer), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=_env(), cwd=REPO)
+                               stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=REPO)
     marker = out / STAGE / "checkpoints" / "step=000012.ckpt"
     deadline = time.time() + 600
     while not marker.exists() and process.poll() is None and time.time() < deadline:
@@ -59,7 +55,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_tokenizer)
                    if p.name.startswith("step=000012"))
 
     resumed = subprocess.run(_command(out, tiny_tokenizer, "--resume"), capture_output=True,
-                             text=True, env=_env(), cwd=REPO, timeout=900)
+                             text=True, env=subprocess_env(), cwd=REPO, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming stage 'pretrain-128' from" in resumed.stdout
     assert sha256_file(out / STAGE / "hf" / "model.safetensors") == reference
@@ -70,7 +66,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_tokenizer)
     # SIGTERM (a cluster scheduler's pre-emption) stops gracefully with a checkpoint at that step
     out = tmp_path / "terminated"
     process = subprocess.Popen(_command(out, tiny_tokenizer), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+                               stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=REPO)
     marker = out / STAGE / "checkpoints" / "step=000008.ckpt"
     while not marker.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -79,6 +75,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_tokenizer)
     assert process.returncode != 0 and "--resume" in stderr and "Traceback" not in stderr
     assert not (out / STAGE / "hf").exists()
     resumed = subprocess.run(_command(out, tiny_tokenizer, "--resume"), capture_output=True,
-                             text=True, env=_env(), cwd=REPO, timeout=900)
+                             text=True, env=subprocess_env(), cwd=REPO, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sha256_file(out / STAGE / "hf" / "model.safetensors") == reference

@@ -25,6 +25,9 @@ naming the broken contract:
 * :func:`check_reward` (:mod:`moxin_core.testing.rewards`);
 * :func:`check_evaluator` (:mod:`moxin_core.testing.evaluators`);
 * :func:`check_model_family` (:mod:`moxin_core.testing.model_families`).
+
+And :func:`subprocess_env` (what the ``moxin_subprocess_env`` fixture returns), for module-level
+helpers that start a ``moxin`` child process.
 """
 
 from moxin_core.testing.contracts import (ContractError, check_data_source, check_objective,
@@ -32,9 +35,10 @@ from moxin_core.testing.contracts import (ContractError, check_data_source, chec
 from moxin_core.testing.evaluators import check_evaluator
 from moxin_core.testing.exporters import check_exporter
 from moxin_core.testing.model_families import check_model_family
+from moxin_core.testing.plugin import DISTRIBUTED_ENV, subprocess_env
 from moxin_core.testing.rewards import check_reward
 from moxin_core.testing.vision_encoders import check_vision_encoder
 
-__all__ = ["ContractError", "check_data_source", "check_evaluator", "check_exporter",
+__all__ = ["DISTRIBUTED_ENV", "ContractError", "check_data_source", "check_evaluator", "check_exporter",
            "check_model_family", "check_objective", "check_reward", "check_vision_encoder",
-           "objective_batch"]
+           "objective_batch", "subprocess_env"]

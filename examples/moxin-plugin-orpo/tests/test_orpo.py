@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moxin_core.testing import check_objective
+from moxin_core.testing import check_objective, subprocess_env
 from moxin_plugin_orpo.orpo import ORPO
 
 EXAMPLE = Path(__file__).resolve().parents[1]
@@ -75,10 +75,7 @@ def test_orpo_keeps_the_objective_contracts(moxin_tokenizer, moxin_tiny_model):
 
 
 def _env(target: Path) -> dict:
-    drop = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
-            "GROUP_RANK", "NODE_RANK")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    return {**env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(target)}
+    return subprocess_env({"PYTHONPATH": str(target)})  # moxin_core.testing's child environment
 
 
 @pytest.mark.slow

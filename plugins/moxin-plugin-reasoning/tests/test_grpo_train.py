@@ -16,6 +16,7 @@ import pytest
 from moxin_core.errors import MoxinError
 from moxin_core.plugins import Registry
 from moxin_core.reporting import sha256_file
+from moxin_core.testing import subprocess_env
 from moxin_core.training.stage import train_variant
 
 NANO = ["seq_len=112", "micro_batch_size=2", "log_every=1", "grpo.evaluators=[]",
@@ -125,24 +126,16 @@ def _command(out, hf_folder, *extra):
             str(out), "--stage", "grpo", *sum((["--set", s] for s in sets), []), *extra]
 
 
-def _env():
-    # the child starts without distributed settings in-process fits left here (as the core
-    # tests' subprocess_env; plugin tests cannot import the core's conftest)
-    drop = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
-            "GROUP_RANK", "NODE_RANK")
-    return {**{k: v for k, v in os.environ.items() if k not in drop}, "HF_HUB_OFFLINE": "1"}
-
-
 @pytest.mark.slow
 def test_sigkill_mid_grpo_then_resume_is_bit_identical(tmp_path, hf_folder):
     full = subprocess.run(_command(tmp_path / "full", hf_folder), capture_output=True, text=True,
-                          env=_env(), timeout=900)
+                          env=subprocess_env(), timeout=900)
     assert full.returncode == 0, full.stderr[-3000:]
     reference = sha256_file(tmp_path / "full" / "grpo" / "hf" / "model.safetensors")
 
     out = tmp_path / "killed"
     process = subprocess.Popen(_command(out, hf_folder), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=_env())
+                               stderr=subprocess.DEVNULL, env=subprocess_env())
     # step 3 is the first use of the second rollout: the resumed run must reuse it, not sample
     marker = out / "grpo" / "checkpoints" / "step=000003.ckpt"
     deadline = time.time() + 600
@@ -154,7 +147,7 @@ def test_sigkill_mid_grpo_then_resume_is_bit_identical(tmp_path, hf_folder):
     assert marker.exists() and not (out / "grpo" / "hf").exists()
 
     resumed = subprocess.run(_command(out, hf_folder, "--resume"), capture_output=True,
-                             text=True, env=_env(), timeout=900)
+                             text=True, env=subprocess_env(), timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming stage 'grpo'" in resumed.stdout
     assert sha256_file(out / "grpo" / "hf" / "model.safetensors") == reference
@@ -166,10 +159,10 @@ def test_sigkill_mid_grpo_then_resume_is_bit_identical(tmp_path, hf_folder):
     # killed while generating a rollout (the third: after the step-3 checkpoint), then resumed
     out = tmp_path / "killed-generating"
     killed = subprocess.run(_command(out, hf_folder), capture_output=True, text=True,
-                            env={**_env(), "MOXIN_FAULTS": "grpo-generate@3"}, timeout=900)
+                            env=subprocess_env({"MOXIN_FAULTS": "grpo-generate@3"}), timeout=900)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (out / "grpo" / "checkpoints" / "step=000003.ckpt").is_dir()
     resumed = subprocess.run(_command(out, hf_folder, "--resume"), capture_output=True,
-                             text=True, env=_env(), timeout=900)
+                             text=True, env=subprocess_env(), timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sha256_file(out / "grpo" / "hf" / "model.safetensors") == reference

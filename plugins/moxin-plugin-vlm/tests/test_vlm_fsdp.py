@@ -5,7 +5,6 @@ weights, trained with the vision tower frozen, and exported whole."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,15 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from moxin_core.testing import subprocess_env
+
 pytestmark = pytest.mark.slow
-
-DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
-                   "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK")
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
-    return {**env, "HF_HUB_OFFLINE": "1"}
 
 
 def _train(out, lm_folder, *extra: str) -> subprocess.CompletedProcess:
@@ -31,7 +24,7 @@ def _train(out, lm_folder, *extra: str) -> subprocess.CompletedProcess:
             "vlm.evaluate_start=false", "vlm.objective_options.trainable=finetune", *extra]
     return subprocess.run([sys.executable, "-m", "moxin_core.cli", "train", "moxin-tiny-vlm",
                            "--out", str(out), *sum((["--set", s] for s in sets), [])],
-                          capture_output=True, text=True, env=_env(), timeout=900)
+                          capture_output=True, text=True, env=subprocess_env(), timeout=900)
 
 
 def test_fsdp_trains_the_vlm_from_its_language_models_weights(tmp_path, lm_folder):

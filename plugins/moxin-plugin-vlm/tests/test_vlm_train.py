@@ -16,6 +16,7 @@ import yaml
 
 from moxin_core.api import load_model
 from moxin_core.reporting import sha256_file
+from moxin_core.testing import subprocess_env
 from moxin_core.training.stage import train_variant
 
 SETS = ["micro_batch_size=4", "log_every=1", "vlm.evaluators=[{name: heldout-shapes, num: 12}]"]
@@ -121,16 +122,10 @@ def _command(out):
             *sum((["--set", s] for s in sets), [])]
 
 
-def _env():
-    drop = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
-            "GROUP_RANK", "NODE_RANK")
-    return {**{k: v for k, v in os.environ.items() if k not in drop}, "HF_HUB_OFFLINE": "1"}
-
-
 @pytest.mark.slow
 def test_sigkill_mid_stage_then_resume_is_bit_identical(tmp_path, lm_folder):
     full_out = _run_folder(tmp_path / "full", lm_folder)
-    full = subprocess.run(_command(full_out), capture_output=True, text=True, env=_env(),
+    full = subprocess.run(_command(full_out), capture_output=True, text=True, env=subprocess_env(),
                           timeout=900)
     assert full.returncode == 0, full.stderr[-3000:]
     files = ("vision.safetensors", "projector.safetensors", "lm/model.safetensors")
@@ -138,7 +133,7 @@ def test_sigkill_mid_stage_then_resume_is_bit_identical(tmp_path, lm_folder):
 
     out = _run_folder(tmp_path / "killed", lm_folder)
     process = subprocess.Popen(_command(out), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=_env())
+                               stderr=subprocess.DEVNULL, env=subprocess_env())
     marker = out / "vlm" / "checkpoints" / "step=000003.ckpt"
     deadline = time.time() + 600
     while not marker.exists() and process.poll() is None and time.time() < deadline:
@@ -148,6 +143,6 @@ def test_sigkill_mid_stage_then_resume_is_bit_identical(tmp_path, lm_folder):
     assert process.returncode == -signal.SIGKILL and marker.exists()
     assert not (out / "vlm" / "hf").exists()
     resumed = subprocess.run([*_command(out), "--resume"], capture_output=True, text=True,
-                             env=_env(), timeout=900)
+                             env=subprocess_env(), timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [sha256_file(out / "vlm" / "hf" / f) for f in files] == reference
