@@ -380,3 +380,56 @@ def test_an_evaluator_that_takes_a_reference_receives_it(config_folder, tmp_path
     other.mkdir()
     assert check_evaluator(factory, config_folder, reference=other) == {"same": 0.0}
     assert seen == [str(config_folder)] * 2 + [str(other)] * 2
+
+
+def test_data_sources_must_name_the_file_and_line_of_bad_input(tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": "fine"\n')
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"text": f"record {i}"}) + "\n" for i in range(30)))
+    # the core's files source names them
+    check_data_source(lambda: Files(str(good)), broken=lambda: Files(str(broken)),
+                      broken_at="broken.jsonl:2")
+
+    class RawJson(DataSource):
+        """Planted bug: a bad line surfaces as json's own error, naming no file."""
+
+        def __init__(self, path):
+            self.path = path
+
+        def fingerprint(self):
+            return self.path
+
+        def iter_from(self, position):
+            for line in Path(self.path).read_text().splitlines():
+                yield json.loads(line), None
+
+    with pytest.raises(ContractError, match="'errors name file and line'.*JSONDecodeError"):
+        check_data_source(lambda: Files(str(good)), broken=lambda: RawJson(str(broken)),
+                          broken_at="broken.jsonl:2")
+
+    class Vague(RawJson):
+        """Planted bug: a MoxinError that does not say where."""
+
+        def iter_from(self, position):
+            raise MoxinError("a record is malformed")
+            yield
+
+    with pytest.raises(ContractError, match="does not say 'broken.jsonl:2'"):
+        check_data_source(lambda: Files(str(good)), broken=lambda: Vague(str(broken)),
+                          broken_at="broken.jsonl:2")
+
+
+def test_the_datamodule_fixture_builds_what_moxin_train_builds(moxin_datamodule, tmp_path):
+    module = moxin_datamodule(CausalLM(), seq_len=32, micro_batch_size=3)
+    batch = next(module.iter_batches())  # the first batch training would see
+    assert batch["input_ids"].shape == (3, 32) and batch["labels"].shape == (3, 32)
+    again = next(moxin_datamodule(CausalLM(), seq_len=32, micro_batch_size=3).iter_batches())
+    assert torch.equal(batch["input_ids"], again["input_ids"])  # seeded: the same stream
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"body": f"line {i} " * 8}) + "\n" for i in range(50)))
+    files = moxin_datamodule(CausalLM(), [{"source": "files", "paths": str(data),
+                                           "text_field": "body"}], seq_len=16)
+    assert next(files.iter_batches())["input_ids"].shape == (2, 16)
+    with pytest.raises(MoxinError, match="d.jsonl:1: no field 'text'"):  # checked up front
+        moxin_datamodule(CausalLM(), [{"source": "files", "paths": str(data)}])

@@ -12,6 +12,9 @@ plugin's own tests get the fixtures without a conftest:
   that tokenizer;
 * ``moxin_model_folder``: that model and tokenizer saved once per session as a ``causal-lm``
   model folder (what exporters and evaluators are given);
+* ``moxin_datamodule``: ``moxin_datamodule(objective, data=None, seq_len=64, ...)``, the data
+  module ``moxin train`` builds for an objective over data sources (default the embedded
+  corpus), already checked;
 * ``moxin_records``: a factory of records from the embedded corpus or chat sources;
 * ``moxin_subprocess_env``: this process's environment for a child ``moxin`` process (offline,
   without the distributed settings an in-process fit leaves behind).
@@ -39,6 +42,6 @@ from moxin_core.testing.plugin import DISTRIBUTED_ENV, subprocess_env
 from moxin_core.testing.rewards import check_reward
 from moxin_core.testing.vision_encoders import check_vision_encoder
 
-__all__ = ["DISTRIBUTED_ENV", "ContractError", "check_data_source", "check_evaluator", "check_exporter",
-           "check_model_family", "check_objective", "check_reward", "check_vision_encoder",
-           "objective_batch", "subprocess_env"]
+__all__ = ["DISTRIBUTED_ENV", "ContractError", "check_data_source", "check_evaluator",
+           "check_exporter", "check_model_family", "check_objective", "check_reward",
+           "check_vision_encoder", "objective_batch", "subprocess_env"]

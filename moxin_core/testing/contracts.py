@@ -68,14 +68,20 @@ def _take(source: DataSource, count: int, position: Any = None) -> list[tuple[di
 # -- data sources -------------------------------------------------------------------------------
 
 def check_data_source(factory: Callable[[], DataSource], records: int = 50,
-                      resume_points: Iterable[int] = (0, 1, 7, 23)) -> None:
+                      resume_points: Iterable[int] = (0, 1, 7, 23),
+                      broken: Callable[[], DataSource] | None = None,
+                      broken_at: str | None = None) -> None:
     """The contracts of a data source built by ``factory`` (called several times):
 
     * **deterministic**: two sources built alike yield the same records in the same order;
     * **resumable**: ``iter_from(position)`` with the position yielded after record *k* yields
       records *k+1, k+2, ...* exactly (no record skipped or repeated);
     * **fingerprint stable**: two sources built alike have the same non-empty fingerprint;
-    * **records are mappings** with string keys.
+    * **records are mappings** with string keys;
+    * **errors name file and line** (with ``broken``, a factory of the source over bad input,
+      and ``broken_at``, where the bad record is, e.g. ``"broken.jsonl:3"``): reading it raises
+      :class:`~moxin_core.MoxinError` (what ``moxin train`` prints as one paragraph, not a
+      traceback) whose message contains ``broken_at``.
     """
     name = type(factory()).__name__
     first, second = _take(factory(), records), _take(factory(), records)
@@ -106,6 +112,28 @@ def check_data_source(factory: Callable[[], DataSource], records: int = 50,
     if not fingerprints[0] or fingerprints[0] != fingerprints[1]:
         raise ContractError(name, "fingerprint stable", f"fingerprints {fingerprints[0]!r} "
                             f"and {fingerprints[1]!r} of two sources built alike")
+    if broken is not None:
+        _check_broken_input(name, broken, broken_at)
+
+
+def _check_broken_input(name: str, broken: Callable[[], DataSource], where: str | None) -> None:
+    from moxin_core.errors import MoxinError
+
+    contract = "errors name file and line"
+    try:
+        for _ in broken().iter_from(None):
+            pass
+    except MoxinError as error:
+        if where and where not in str(error):
+            raise ContractError(name, contract, f"the error does not say {where!r}: "
+                                f"{str(error)[:200]!r}") from None
+        return
+    except Exception as error:  # noqa: BLE001 - any other exception is the broken contract
+        raise ContractError(name, contract, f"reading the bad input raised "
+                            f"{type(error).__name__}: {str(error)[:160]!r}, not a MoxinError "
+                            f"naming {where or 'the file and line'}") from None
+    raise ContractError(name, contract, "reading the bad input raised no error: a bad record "
+                        "must stop the run naming its file and line")
 
 
 def _short(record: Any) -> str:

@@ -109,3 +109,26 @@ def moxin_records() -> Callable[..., list[dict]]:
                          "moxin-plugin-instruct's embedded_instructions source)")
 
     return records
+
+
+@pytest.fixture
+def moxin_datamodule(moxin_registry: Any, moxin_tokenizer: Any) -> Callable[..., Any]:
+    """``moxin_datamodule(objective, data=None, seq_len=64, micro_batch_size=2, seed=0)``: the
+    data module ``moxin train`` builds for ``objective`` (an :class:`~moxin_core.api.Objective`)
+    over ``data`` (``[DataSpec, ...]`` or ``[{"source": NAME, OPTION: VALUE}]``; default the
+    embedded corpus), with the ``moxin_tokenizer`` tokenizer; its ``check_data()`` has run."""
+    from moxin_core.training.blocks import build_datamodule
+    from moxin_core.variants import DataSpec
+
+    def build(objective: Any, data: list | None = None, seq_len: int = 64,
+              micro_batch_size: int = 2, seed: int = 0) -> Any:
+        specs = [d if isinstance(d, DataSpec) else
+                 DataSpec(d["source"], float(d.get("weight", 1.0)),
+                          {k: v for k, v in d.items() if k not in ("source", "weight")})
+                 for d in (data or [{"source": "embedded"}])]
+        module = build_datamodule(moxin_registry, specs, objective, moxin_tokenizer, seq_len,
+                                  micro_batch_size, seed)
+        module.check_data()
+        return module
+
+    return build
