@@ -90,3 +90,62 @@ def test_lm_reports_missing_text_field(nano_tokenizer):
     builder = CausalLM(text_field="body").example_builder(load_tokenizer(nano_tokenizer), 16)
     with pytest.raises(MoxinError, match=r"f.jsonl:4: no field 'body' \(fields present: text, id\)"):
         builder.feed({"text": "x", "id": 1, "__origin__": "f.jsonl:4"})
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_chunked_logits_give_the_same_loss_and_gradients_without_the_full_logits(
+        registry, nano_tokenizer, precision):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from moxin_core.models import resolve_model
+    from moxin_core.testing import objective_batch
+
+    ref = resolve_model(registry, "moxin-nano")
+    tokenizer = load_tokenizer(nano_tokenizer)
+    records = [{"text": f"Mia has {i} apples and buys {i + 3} more."} for i in range(60)]
+    batch = objective_batch(CausalLM(), tokenizer, records, seq_len=48, size=3)
+    vocab = ref.preset.config.vocab_size
+
+    hidden = ref.preset.config.hidden_size
+
+    class Largest(TorchDispatchMode):
+        """The most token rows of logits (a tensor ``(..., vocab)``) any operation makes."""
+
+        def __init__(self):
+            super().__init__()
+            self.numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == vocab:
+                    rows = t.numel() // vocab
+                    if rows != hidden:  # not the (transposed) output projection's weight
+                        self.numel = max(self.numel, rows)
+            return out
+
+    results = {}
+    for chunk in (0, 16):
+        torch.manual_seed(0)
+        model = ref.family.build(ref.preset.config).train()
+        objective = CausalLM(logits_chunk=chunk)
+        with Largest() as largest, torch.autocast("cpu", torch.bfloat16,
+                                                  enabled=precision == "bf16-mixed"):
+            loss, _ = objective.loss(model, batch)
+            loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results[chunk] = loss.detach(), grads, largest.numel
+    (full, full_grads, full_numel), (chunked, grads, numel) = results[0], results[16]
+    tolerance = 1e-5 if precision == "32-true" else 2e-2
+    torch.testing.assert_close(chunked, full, atol=tolerance, rtol=tolerance)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], atol=tolerance, rtol=tolerance,
+                                   msg=name)
+    tokens = batch["input_ids"].numel()
+    assert full_numel == tokens  # the unchunked loss holds the whole logits
+    assert numel == 16, numel  # chunked: never more than 16 tokens' logits at a time
+
+
+def test_logits_chunk_is_checked():
+    with pytest.raises(MoxinError, match="logits_chunk must be a whole number"):
+        CausalLM(logits_chunk=-1)

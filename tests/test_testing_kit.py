@@ -105,6 +105,9 @@ def test_data_source_contracts_catch_planted_bugs(source, contract):
 def test_the_lm_objective_keeps_the_objective_contracts(moxin_tokenizer, moxin_tiny_model,
                                                         moxin_records):
     check_objective(CausalLM, moxin_tiny_model, moxin_tokenizer, moxin_records(64))
+    # with the logits computed 24 tokens at a time (recomputed in the backward pass)
+    check_objective(lambda: CausalLM(logits_chunk=24), moxin_tiny_model, moxin_tokenizer,
+                    moxin_records(64))
 
 
 class _IgnoresLabelMask(CausalLM):
