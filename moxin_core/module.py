@@ -67,8 +67,12 @@ def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
 
 def build_optimizer(model: torch.nn.Module, hp: HyperParameters) -> torch.optim.Optimizer:
     """AdamW as moxin uses it (also used by the bare-loop benchmark, so both compare equal)."""
-    return torch.optim.AdamW(optimizer_groups(model, hp.weight_decay), lr=hp.lr,
-                             betas=(hp.adam_beta1, hp.adam_beta2), eps=hp.adam_eps)
+    groups = optimizer_groups(model, hp.weight_decay)
+    # the fused CUDA kernel: one launch for every parameter's update instead of a few per tensor
+    fused = all(p.is_cuda for g in groups for p in g["params"]) and any(g["params"]
+                                                                        for g in groups)
+    return torch.optim.AdamW(groups, lr=hp.lr, betas=(hp.adam_beta1, hp.adam_beta2),
+                             eps=hp.adam_eps, fused=fused or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, hp: HyperParameters):
@@ -236,6 +240,13 @@ class MoxinModule(pl.LightningModule):
 
     def _prepare_model(self) -> None:
         if not self._prepared:  # once per module, even when configure_model runs again
+            if self.train_hparams.activation_checkpointing:
+                enable = getattr(self.model, "gradient_checkpointing_enable", None)
+                if enable is None:
+                    raise MoxinError(f"activation_checkpointing: {type(self.model).__name__} "
+                                     "has no gradient_checkpointing_enable (a transformers "
+                                     "model has); set it to false.")
+                enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.objective.prepare_model(self.model)
             self._prepared = True
 

@@ -106,3 +106,19 @@ def hardware() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+def peak_memory() -> dict[str, int]:
+    """This process's peak memory so far: host resident set (``ru_maxrss``) and, when it used a
+    GPU, the most GPU memory its tensors held (``max_memory_allocated``) and the caching
+    allocator reserved, in bytes."""
+    import resource
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peaks = {"host_max_rss_bytes": rss if sys.platform == "darwin" else rss * 1024}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peaks["gpu_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+        peaks["gpu_max_reserved_bytes"] = int(torch.cuda.max_memory_reserved())
+    return peaks

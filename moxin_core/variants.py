@@ -67,6 +67,9 @@ class HyperParameters:
     #: ``skip`` that optimizer step (weights and optimizer state untouched; counted in the
     #: manifest's ``skipped_steps`` and logged as ``train/skipped_steps``)
     nonfinite: str = "stop"
+    #: recompute each decoder layer's activations in the backward pass instead of keeping them
+    #: (transformers' gradient checkpointing): less memory for about one more forward pass
+    activation_checkpointing: bool = False
 
     def validate(self, where: str) -> None:
         """Reject absurd values before any work starts; ``where`` names the stage."""
@@ -108,6 +111,9 @@ class HyperParameters:
             problems.append(f"data_sharding must be examples or records, got {self.data_sharding!r}")
         if not isinstance(self.data_workers, int) or self.data_workers < 0:
             problems.append(f"data_workers must be an integer >= 0, got {self.data_workers!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            problems.append("activation_checkpointing must be true or false, got "
+                            f"{self.activation_checkpointing!r}")
         if self.nonfinite not in ("stop", "skip"):
             problems.append(f"nonfinite must be stop or skip, got {self.nonfinite!r}")
         if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):

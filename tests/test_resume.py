@@ -78,3 +78,28 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_tokenizer)
                              text=True, env=subprocess_env(), cwd=REPO, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sha256_file(out / STAGE / "hf" / "model.safetensors") == reference
+
+
+@pytest.mark.slow
+def test_with_loader_workers_reading_ahead_a_killed_run_resumes_bit_identically(
+        tmp_path, tiny_tokenizer):
+    # two loader processes each prefetch batches beyond the one being trained: the checkpoint
+    # must hold the position after the last *trained* batch, not after the last one read
+    workers = ["--set", "data_workers=2"]
+    full = subprocess.run(_command(tmp_path / "full", tiny_tokenizer, *workers),
+                          capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                          timeout=900)
+    assert full.returncode == 0, full.stderr[-3000:]
+    reference = sha256_file(tmp_path / "full" / STAGE / "hf" / "model.safetensors")
+
+    out = tmp_path / "killed"
+    killed = subprocess.run(_command(out, tiny_tokenizer, *workers), capture_output=True,
+                            text=True, env=subprocess_env({"MOXIN_FAULTS": "micro-batch@15"}),
+                            cwd=REPO, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (out / STAGE / "checkpoints" / "step=000012.ckpt").is_dir()
+    resumed = subprocess.run(_command(out, tiny_tokenizer, *workers, "--resume"),
+                             capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sha256_file(out / STAGE / "hf" / "model.safetensors") == reference

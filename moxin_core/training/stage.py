@@ -44,7 +44,7 @@ from moxin_core.module import NonFiniteError
 from moxin_core.plugins import Registry
 from moxin_core.reporting import (command_line, package_versions, plot_loss, sha256_file,
                                   write_json_atomic, write_metrics_csv)
-from moxin_core.runs import RunLock, git_commit, hardware, now
+from moxin_core.runs import RunLock, git_commit, hardware, now, peak_memory
 from moxin_core.strategies import SHARDED, build_strategy, is_sharded
 from moxin_core.training.blocks import build_datamodule, build_module, build_objective
 from moxin_core.training.resolve import (evaluator_factory, preset_references, resolve_variant,
@@ -372,6 +372,8 @@ def _start_manifest(stage_dir: Path, variant_name: str, stage: Stage, init: str,
         "data": {"fingerprint": datamodule.mixture.fingerprint(),
                  "sources": [s.source.describe() for s in datamodule.mixture.sources]},
         "hparams": dataclasses.asdict(stage.hparams),
+        # rank 0's process, the whole stage (training, export and evaluators)
+        "peak_memory": peak_memory(),
     }
 
 
@@ -496,4 +498,6 @@ def _manifest(result: StageResult, variant_name: str, stage: Stage, init: str,
         "checkpoint_sha256": sha256_file(stage_dir / "hf" / "model.safetensors")
         if (stage_dir / "hf" / "model.safetensors").exists() else None,
         "hparams": dataclasses.asdict(stage.hparams),
+        # rank 0's process, the whole stage (training, export and evaluators)
+        "peak_memory": peak_memory(),
     }

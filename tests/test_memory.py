@@ -1,0 +1,45 @@
+"""Memory options of a stage: activation checkpointing trains the same weights, the manifest
+reports the peak memory, AdamW takes the fused kernel only on CUDA."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from moxin_core.module import build_optimizer
+from moxin_core.reporting import sha256_file
+from moxin_core.variants import HyperParameters
+from tests.conftest import NANO_SETS, assert_clean_error, run_cli
+
+STAGE = "pretrain-128"
+
+
+def _train(out, tokenizer, *sets):
+    settings = [*NANO_SETS, f"tokenizer={tokenizer}", *sets]
+    return run_cli("train", "moxin-tiny-base", "--out", str(out), "--stage", STAGE,
+                   "--max-steps", "4", *sum((["--set", s] for s in settings), []))
+
+
+def test_activation_checkpointing_trains_the_same_weights_and_peak_memory_is_recorded(
+        tmp_path, nano_tokenizer):
+    plain = _train(tmp_path / "plain", nano_tokenizer)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    recomputed = _train(tmp_path / "ckpt", nano_tokenizer, "activation_checkpointing=true")
+    assert recomputed.returncode == 0, recomputed.stderr[-3000:]
+    weights = [sha256_file(tmp_path / run / STAGE / "hf" / "model.safetensors")
+               for run in ("plain", "ckpt")]
+    assert weights[0] == weights[1]  # recomputing activations changes no number on CPU
+    manifest = json.loads((tmp_path / "ckpt" / STAGE / "manifest.json").read_text())
+    assert manifest["hparams"]["activation_checkpointing"] is True
+    peak = manifest["peak_memory"]["host_max_rss_bytes"]
+    assert 100 * 2**20 < peak < 64 * 2**30, peak  # a python process with torch: 100 MB .. 64 GB
+    assert_clean_error(_train(tmp_path / "bad", nano_tokenizer, "activation_checkpointing=maybe"),
+                       "activation_checkpointing must be true or false")
+
+
+def test_adamw_is_fused_only_on_cuda():
+    model = torch.nn.Linear(4, 4)
+    assert not build_optimizer(model, HyperParameters()).defaults["fused"]
+    if torch.cuda.is_available():  # on a GPU machine the kernel is the fused one
+        assert build_optimizer(model.cuda(), HyperParameters()).defaults["fused"]
