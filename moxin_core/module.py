@@ -55,6 +55,46 @@ def _grads_finite(model: torch.nn.Module) -> bool:
     return bool(torch.isfinite(torch.stack([g.float().abs().sum() for g in grads]).sum()))
 
 
+#: attention kernels a stage's ``attention`` may name (``auto`` picks one by device)
+ATTENTION = ("auto", "sdpa", "flex_attention", "flash_attention_2", "eager")
+
+
+def choose_attention(requested: str, device_type: str) -> str | None:
+    """The attention kernel for training on ``device_type``: ``auto`` is flex attention on CUDA
+    (a document block mask from the packed position ids, no dense 4-D mask) and the model's
+    default (SDPA) elsewhere (None: leave the model as built)."""
+    if requested == "auto":
+        if device_type == "cuda" and hasattr(torch.nn.attention, "flex_attention"):
+            return "flex_attention"
+        return None
+    if requested == "flex_attention" and device_type == "cpu":
+        raise MoxinError(f"attention=flex_attention cannot train on the CPU: PyTorch "
+                         f"{torch.__version__} has no backward pass for flex attention there. "
+                         "Use attention=auto (SDPA on the CPU) or sdpa.")
+    if requested == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise MoxinError("attention=flash_attention_2 needs the flash-attn package "
+                             "(pip install flash-attn, on a CUDA machine); or use "
+                             "attention=auto.")
+    return requested
+
+
+def set_attention(model: torch.nn.Module, name: str | None, requested: str = "auto") -> None:
+    """Switch a transformers model to the attention kernel ``name``; a model that cannot switch
+    keeps its own unless the kernel was ``requested`` by name."""
+    if name is None:
+        return
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is None:
+        if requested == "auto":
+            return
+        raise MoxinError(f"attention={name}: {type(model).__name__} cannot switch its attention "
+                         "kernel (a transformers model can); use attention=auto.")
+    setter(name)
+
+
 def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW parameter groups: no decay on norms, biases and other 1-D parameters."""
     decay, no_decay = [], []
@@ -240,6 +280,9 @@ class MoxinModule(pl.LightningModule):
 
     def _prepare_model(self) -> None:
         if not self._prepared:  # once per module, even when configure_model runs again
+            device = self.trainer.strategy.root_device.type if self._trainer else "cpu"
+            requested = self.train_hparams.attention
+            set_attention(self.model, choose_attention(requested, device), requested)
             if self.train_hparams.activation_checkpointing:
                 enable = getattr(self.model, "gradient_checkpointing_enable", None)
                 if enable is None:

@@ -70,6 +70,9 @@ class HyperParameters:
     #: recompute each decoder layer's activations in the backward pass instead of keeping them
     #: (transformers' gradient checkpointing): less memory for about one more forward pass
     activation_checkpointing: bool = False
+    #: the attention kernel: auto (flex attention with a document block mask on CUDA, SDPA
+    #: elsewhere), sdpa, flex_attention, flash_attention_2 (needs flash-attn) or eager
+    attention: str = "auto"
 
     def validate(self, where: str) -> None:
         """Reject absurd values before any work starts; ``where`` names the stage."""
@@ -111,6 +114,10 @@ class HyperParameters:
             problems.append(f"data_sharding must be examples or records, got {self.data_sharding!r}")
         if not isinstance(self.data_workers, int) or self.data_workers < 0:
             problems.append(f"data_workers must be an integer >= 0, got {self.data_workers!r}")
+        if self.attention not in ("auto", "sdpa", "flex_attention", "flash_attention_2",
+                                  "eager"):
+            problems.append("attention must be auto, sdpa, flex_attention, flash_attention_2 "
+                            f"or eager, got {self.attention!r}")
         if not isinstance(self.activation_checkpointing, bool):
             problems.append("activation_checkpointing must be true or false, got "
                             f"{self.activation_checkpointing!r}")

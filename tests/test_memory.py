@@ -43,3 +43,14 @@ def test_adamw_is_fused_only_on_cuda():
     assert not build_optimizer(model, HyperParameters()).defaults["fused"]
     if torch.cuda.is_available():  # on a GPU machine the kernel is the fused one
         assert build_optimizer(model.cuda(), HyperParameters()).defaults["fused"]
+
+
+def test_the_attention_kernel_is_a_setting(tmp_path, nano_tokenizer):
+    eager = _train(tmp_path / "eager", nano_tokenizer, "attention=eager")
+    assert eager.returncode == 0, eager.stderr[-3000:]
+    manifest = json.loads((tmp_path / "eager" / STAGE / "manifest.json").read_text())
+    assert manifest["hparams"]["attention"] == "eager"
+    assert_clean_error(_train(tmp_path / "flex", nano_tokenizer, "attention=flex_attention",
+                              "accelerator=cpu"), "no backward pass for flex attention")
+    assert_clean_error(_train(tmp_path / "bad", nano_tokenizer, "attention=fast"),
+                       "attention must be auto, sdpa")

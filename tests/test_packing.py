@@ -149,3 +149,41 @@ def test_chunked_logits_give_the_same_loss_and_gradients_without_the_full_logits
 def test_logits_chunk_is_checked():
     with pytest.raises(MoxinError, match="logits_chunk must be a whole number"):
         CausalLM(logits_chunk=-1)
+
+
+def test_the_attention_kernel_is_chosen_by_device():
+    from moxin_core.module import choose_attention
+
+    assert choose_attention("auto", "cuda") == "flex_attention"  # a document block mask
+    assert choose_attention("auto", "cpu") is None  # the model's SDPA
+    assert choose_attention("eager", "cpu") == "eager"
+    with pytest.raises(MoxinError, match="no backward pass for flex attention"):
+        choose_attention("flex_attention", "cpu")
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(MoxinError, match="needs the flash-attn package"):
+            choose_attention("flash_attention_2", "cuda")
+
+
+@pytest.mark.slow
+def test_flex_attention_gives_the_packed_sdpa_logits_and_keeps_documents_apart(registry):
+    """Forward only: PyTorch has no flex-attention backward on the CPU (a GPU run checks
+    training); the first call compiles the kernel (~20 s here)."""
+    from moxin_core.models import resolve_model
+    from moxin_core.module import set_attention
+
+    torch.manual_seed(0)
+    ref = resolve_model(registry, "moxin-nano")
+    model = ref.family.build(ref.preset.config).eval()
+    ids = torch.randint(3, 500, (2, 64))
+    ids[:, 0] = ids[:, 20] = ids[:, 50] = BOS
+    position_ids = document_position_ids(ids, BOS)
+    with torch.no_grad():
+        sdpa = model(input_ids=ids, position_ids=position_ids, use_cache=False).logits
+        set_attention(model, "flex_attention")
+        flex = model(input_ids=ids, position_ids=position_ids, use_cache=False).logits
+        alone = model(input_ids=ids[:, 20:50], position_ids=position_ids[:, 20:50],
+                      use_cache=False).logits
+    torch.testing.assert_close(flex, sdpa, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flex[:, 20:50], alone, atol=1e-5, rtol=1e-5)
