@@ -120,6 +120,7 @@ ELSEWHERE = {
     "benchmarks/gguf_export.py": "plugins/moxin-plugin-gguf/tests/test_gguf_benchmark.py",
     "benchmarks/eval_throughput.py": "plugins/moxin-plugin-lmeval/tests/test_eval_benchmark.py",
     "benchmarks/vlm_throughput.py": "plugins/moxin-plugin-vlm/tests/test_vlm_benchmark.py",
+    "benchmarks/gpu_throughput.py": f"{_BENCH}::test_gpu_throughput_benchmark_runs_on_the_cpu",
 }
 
 
