@@ -291,6 +291,8 @@ class MoxinModule(pl.LightningModule):
                                      "model has); set it to false.")
                 enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.objective.prepare_model(self.model)
+            if self.train_hparams.compile:
+                self.model.compile()  # in place: parameter names and checkpoints unchanged
             self._prepared = True
 
     def on_fit_start(self) -> None:

@@ -73,6 +73,9 @@ class HyperParameters:
     #: the attention kernel: auto (flex attention with a document block mask on CUDA, SDPA
     #: elsewhere), sdpa, flex_attention, flash_attention_2 (needs flash-attn) or eager
     attention: str = "auto"
+    #: torch.compile the model being trained (nn.Module.compile: state-dict keys unchanged); the
+    #: first steps compile, and tokens/s leaves its 2 warm-up steps out
+    compile: bool = False
 
     def validate(self, where: str) -> None:
         """Reject absurd values before any work starts; ``where`` names the stage."""
@@ -118,6 +121,8 @@ class HyperParameters:
                                   "eager"):
             problems.append("attention must be auto, sdpa, flex_attention, flash_attention_2 "
                             f"or eager, got {self.attention!r}")
+        if not isinstance(self.compile, bool):
+            problems.append(f"compile must be true or false, got {self.compile!r}")
         if not isinstance(self.activation_checkpointing, bool):
             problems.append("activation_checkpointing must be true or false, got "
                             f"{self.activation_checkpointing!r}")

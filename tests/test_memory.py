@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from moxin_core.module import build_optimizer
@@ -54,3 +55,22 @@ def test_the_attention_kernel_is_a_setting(tmp_path, nano_tokenizer):
                               "accelerator=cpu"), "no backward pass for flex attention")
     assert_clean_error(_train(tmp_path / "bad", nano_tokenizer, "attention=fast"),
                        "attention must be auto, sdpa")
+
+
+@pytest.mark.slow
+def test_a_compiled_stage_trains_the_same_losses_and_exports_plain_weights(tmp_path,
+                                                                          nano_tokenizer):
+    import csv
+
+    from safetensors.torch import load_file
+
+    losses = {}
+    for name, sets in (("eager", []), ("compiled", ["compile=true"])):
+        result = _train(tmp_path / name, nano_tokenizer, *sets)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = csv.DictReader(open(tmp_path / name / STAGE / "metrics.csv"))
+        losses[name] = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses["compiled"]) == 4
+    assert losses["compiled"] == pytest.approx(losses["eager"], abs=1e-4)  # inductor's fusions
+    keys = load_file(tmp_path / "compiled" / STAGE / "hf" / "model.safetensors").keys()
+    assert not any("_orig_mod" in k for k in keys)  # the export is a plain transformers model
