@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-from moxin_core.api import IGNORE_INDEX, MoxinError, Objective, document_position_ids
+from moxin_core.api import (IGNORE_INDEX, MoxinError, Objective, chunked_causal_lm_loss,
+                            document_position_ids)
 
 from moxin_plugin_instruct.chat import check_conversation, origin_of, pad_token_id, render
 
@@ -127,18 +128,25 @@ class SFT(Objective):
         pack: pack conversations into ``seq_len`` blocks (``False``: one per example).
         overlong: ``"truncate"`` or ``"drop"`` conversations longer than ``seq_len``.
         messages_field: the record field holding the conversation.
+        logits_chunk: compute the output projection and cross-entropy this many tokens at a
+            time (0: the whole micro-batch), so the full logits are never held
+            (:func:`moxin_core.api.chunked_causal_lm_loss`).
     """
 
     name = "sft"
 
     def __init__(self, reduction: str = "sum", pack: bool = True, overlong: str = "truncate",
-                 messages_field: str = "messages") -> None:
+                 messages_field: str = "messages", logits_chunk: int = 0) -> None:
         if reduction not in REDUCTIONS:
             raise MoxinError(f"sft: reduction must be one of {', '.join(REDUCTIONS)}, "
                              f"got {reduction!r}.")
         if overlong not in OVERLONG:
             raise MoxinError(f"sft: overlong must be one of {', '.join(OVERLONG)}, got {overlong!r}.")
+        if not isinstance(logits_chunk, int) or isinstance(logits_chunk, bool) or logits_chunk < 0:
+            raise MoxinError(f"sft: logits_chunk must be a whole number of tokens >= 0 (0: the "
+                             f"whole micro-batch at once), got {logits_chunk!r}.")
         self.reduction, self.pack, self.overlong = reduction, pack, overlong
+        self.logits_chunk = logits_chunk
         self.messages_field = messages_field
         self.pad_id = self.bos_id = 0
         # a summed loss grows with the batch's tokens: moxin train reports it per token too
@@ -172,7 +180,11 @@ class SFT(Objective):
             divisor = self.context.all_reduce_sum(count) / self.context.world_size
         else:
             divisor = count
-        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                    labels=labels, num_items_in_batch=divisor, use_cache=False)
-        token_loss = out.loss.detach() / (count if self.reduction == "sum" else 1)
-        return out.loss, {"token_loss": token_loss, "assistant_tokens": count.float()}
+        if self.logits_chunk:  # the output projection a chunk of tokens at a time
+            loss = chunked_causal_lm_loss(model, batch["input_ids"], batch["position_ids"],
+                                          labels, self.logits_chunk, divisor)
+        else:
+            loss = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                         labels=labels, num_items_in_batch=divisor, use_cache=False).loss
+        token_loss = loss.detach() / (count if self.reduction == "sum" else 1)
+        return loss, {"token_loss": token_loss, "assistant_tokens": count.float()}

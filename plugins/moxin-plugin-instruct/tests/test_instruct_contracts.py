@@ -24,3 +24,31 @@ def test_sft_keeps_the_objective_contracts(options, moxin_registry, moxin_tokeni
     records = [r for r, _ in islice(source.iter_from(None), 64)]
     check_objective(lambda: SFT(**options), moxin_tiny_model, moxin_tokenizer, records,
                     seq_len=128)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_sft_with_chunked_logits_gives_the_same_loss_and_gradients(reduction, moxin_registry,
+                                                                   moxin_tokenizer,
+                                                                   moxin_tiny_model):
+    import torch
+
+    from moxin_core.testing import objective_batch
+
+    source = moxin_registry.get("data_sources", "embedded_instructions")(num_examples=200)
+    records = [r for r, _ in islice(source.iter_from(None), 64)]
+    results = []
+    for chunk in (0, 20):
+        objective = SFT(reduction=reduction, logits_chunk=chunk)
+        batch = objective_batch(objective, moxin_tokenizer, records, seq_len=96, size=3)
+        model = moxin_tiny_model()
+        loss, metrics = objective.loss(model, batch)
+        loss.backward()
+        results.append((loss.detach(), metrics["token_loss"],
+                        {n: p.grad for n, p in model.named_parameters()}))
+    (loss, token_loss, grads), (chunked, chunked_token, chunked_grads) = results
+    torch.testing.assert_close(chunked, loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked_token, token_loss, rtol=1e-5, atol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    check_objective(lambda: SFT(reduction=reduction, logits_chunk=20), moxin_tiny_model,
+                    moxin_tokenizer, records, seq_len=128)
