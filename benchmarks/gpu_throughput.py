@@ -92,6 +92,17 @@ def matmul_peak(device: str, dtype: torch.dtype) -> float:
     return best
 
 
+def _release(device: str) -> None:
+    """Free what the previous run left (Lightning's trainer and module refer to each other, so
+    only the cycle collector frees them), then start this run's peak memory from here."""
+    import gc
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -133,8 +144,7 @@ def bare_run(sets: list[str], steps: int, device: str) -> dict:
     scheduler = build_scheduler(optimizer, hp)
     autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) \
         if hp.precision == "bf16-mixed" else contextlib.nullcontext
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    _release(device)
     losses, start = [], 0.0
     for step, batch in enumerate(batches):
         if step == SKIP:
@@ -160,9 +170,7 @@ def bare_run(sets: list[str], steps: int, device: str) -> dict:
 
 
 def moxin_run(sets: list[str], steps: int, out: Path, device: str) -> dict:
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    _release(device)
     log = out.with_suffix(".log")
     with open(log, "w") as stream, warnings.catch_warnings(), \
             contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):

@@ -55,8 +55,10 @@ def _grads_finite(model: torch.nn.Module) -> bool:
     return bool(torch.isfinite(torch.stack([g.float().abs().sum() for g in grads]).sum()))
 
 
-#: attention kernels a stage's ``attention`` may name (``auto`` picks one by device)
-ATTENTION = ("auto", "sdpa", "flex_attention", "flash_attention_2", "eager")
+def _has_flex_attention() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 
 
 def choose_attention(requested: str, device_type: str) -> str | None:
@@ -64,7 +66,7 @@ def choose_attention(requested: str, device_type: str) -> str | None:
     (a document block mask from the packed position ids, no dense 4-D mask) and the model's
     default (SDPA) elsewhere (None: leave the model as built)."""
     if requested == "auto":
-        if device_type == "cuda" and hasattr(torch.nn.attention, "flex_attention"):
+        if device_type == "cuda" and _has_flex_attention():
             return "flex_attention"
         return None
     if requested == "flex_attention" and device_type == "cpu":
@@ -109,8 +111,10 @@ def build_optimizer(model: torch.nn.Module, hp: HyperParameters) -> torch.optim.
     """AdamW as moxin uses it (also used by the bare-loop benchmark, so both compare equal)."""
     groups = optimizer_groups(model, hp.weight_decay)
     # the fused CUDA kernel: one launch for every parameter's update instead of a few per tensor
-    fused = all(p.is_cuda for g in groups for p in g["params"]) and any(g["params"]
-                                                                        for g in groups)
+    # (not under 16-mixed with clipping: the fused step unscales gradients itself, and Lightning
+    # cannot clip gradients it has not unscaled)
+    fused = all(p.is_cuda for g in groups for p in g["params"]) and any(
+        g["params"] for g in groups) and not (hp.precision == "16-mixed" and hp.grad_clip)
     return torch.optim.AdamW(groups, lr=hp.lr, betas=(hp.adam_beta1, hp.adam_beta2),
                              eps=hp.adam_eps, fused=fused or None)
 
@@ -282,7 +286,10 @@ class MoxinModule(pl.LightningModule):
         if not self._prepared:  # once per module, even when configure_model runs again
             device = self.trainer.strategy.root_device.type if self._trainer else "cpu"
             requested = self.train_hparams.attention
-            set_attention(self.model, choose_attention(requested, device), requested)
+            kernel = choose_attention(requested, device)
+            # frozen references too, so policy and reference compute alike at step 0
+            for module in (self.model, *self.frozen.values()):
+                set_attention(module, kernel, requested)
             if self.train_hparams.activation_checkpointing:
                 enable = getattr(self.model, "gradient_checkpointing_enable", None)
                 if enable is None:
@@ -293,6 +300,9 @@ class MoxinModule(pl.LightningModule):
             self.objective.prepare_model(self.model)
             if self.train_hparams.compile:
                 self.model.compile()  # in place: parameter names and checkpoints unchanged
+                decoder = getattr(self.model, "get_decoder", None)
+                if decoder is not None and decoder() is not self.model:
+                    decoder().compile()  # also when called alone (the chunked-logits loss)
             self._prepared = True
 
     def on_fit_start(self) -> None:

@@ -18,6 +18,8 @@ import yaml
 from moxin_core.errors import MoxinError
 
 PREVIOUS = "previous"
+#: attention kernels a stage's ``attention`` may name (``auto`` picks one by device)
+ATTENTION_KERNELS = ("auto", "sdpa", "flex_attention", "flash_attention_2", "eager")
 #: ``model: "variant:moxin-tiny-base"`` starts from that variant's final stage in the same ``--out``.
 VARIANT_PREFIX = "variant:"
 
@@ -117,10 +119,9 @@ class HyperParameters:
             problems.append(f"data_sharding must be examples or records, got {self.data_sharding!r}")
         if not isinstance(self.data_workers, int) or self.data_workers < 0:
             problems.append(f"data_workers must be an integer >= 0, got {self.data_workers!r}")
-        if self.attention not in ("auto", "sdpa", "flex_attention", "flash_attention_2",
-                                  "eager"):
-            problems.append("attention must be auto, sdpa, flex_attention, flash_attention_2 "
-                            f"or eager, got {self.attention!r}")
+        if self.attention not in ATTENTION_KERNELS:
+            problems.append(f"attention must be {', '.join(ATTENTION_KERNELS[:-1])} or "
+                            f"{ATTENTION_KERNELS[-1]}, got {self.attention!r}")
         if not isinstance(self.compile, bool):
             problems.append(f"compile must be true or false, got {self.compile!r}")
         if not isinstance(self.activation_checkpointing, bool):

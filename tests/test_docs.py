@@ -149,16 +149,17 @@ def blocks(document: str) -> list[Block]:
 
 
 def commands(block: Block) -> list[tuple[int, str]]:
-    """``(line, command)`` per command of a bash block, comments stripped."""
+    """``(line, command)`` per command of a bash block, comments stripped (a comment ends its
+    line: a backslash inside one continues nothing)."""
     out, pending, start = [], "", 0
     for offset, line in enumerate(block.text.splitlines(), 1):
         if not pending:
             start = block.line + offset
-        pending += line
-        if line.endswith("\\"):
-            pending = pending[:-1] + " "
+        code = _strip_comment(line).rstrip()
+        if code.endswith("\\"):
+            pending += code[:-1] + " "
             continue
-        command = _strip_comment(pending).strip()
+        command = (pending + code).strip()
         pending = ""
         if command:
             out.append((start, " ".join(command.split())))
@@ -206,6 +207,9 @@ def _workspace(root: Path) -> dict[str, str]:
 def _scaled(command: str) -> str:
     """``command`` with the settings that shrink a documented training run to seconds."""
     words = shlex.split(command)
+    if "train" in words and any(op in words for op in ("&&", "||", "|", ";")):
+        raise AssertionError(f"`{command}`: give a training command a line of its own (the "
+                             "docs test shrinks one command per line)")
     try:
         at = words.index("train")
     except ValueError:
@@ -237,7 +241,8 @@ def _check_elsewhere(command: str, test: str, env: dict, cwd: Path) -> None:
                             text=True, env=env, cwd=cwd, timeout=300)
     assert helped.returncode == 0, helped.stderr[-2000:]
     for flag in re.findall(r"(?<!\S)(--[a-z][a-z0-9-]*)", command):
-        assert flag in helped.stdout, f"{script} has no option {flag}"
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helped.stdout), (
+            f"{script} has no option {flag}")
 
 
 def _run(command: str, where: str, env: dict, cwd: Path) -> None:
@@ -319,6 +324,13 @@ def test_commands_are_read_as_a_shell_reads_them():
         (11, "moxin train a --out b"),
         (12, "moxin train a --out c --set 'data=[{paths: \"d/*.jsonl\"}]'"),
         (16, "echo '#not a comment'")]
+    # a backslash in a comment continues nothing
+    tricky = Block("y.md", 1, "bash", "# see also \\\nmoxin plugins\n"
+                   "moxin train a --out b  # c \\\nmoxin models\n")
+    assert commands(tricky) == [(3, "moxin plugins"), (4, "moxin train a --out b"),
+                                (5, "moxin models")]
+    with pytest.raises(AssertionError, match="a line of its own"):
+        _scaled("moxin train a --out b && moxin models")
     assert _scaled("moxin train moxin-tiny-vlm --out r") == (
         "moxin train moxin-tiny-vlm --out r --set micro_batch_size=2 --max-steps 4")
     assert _scaled("moxin train x --out r --max-steps 20") == "moxin train x --out r --max-steps 20"

@@ -74,3 +74,25 @@ def test_a_compiled_stage_trains_the_same_losses_and_exports_plain_weights(tmp_p
     assert losses["compiled"] == pytest.approx(losses["eager"], abs=1e-4)  # inductor's fusions
     keys = load_file(tmp_path / "compiled" / STAGE / "hf" / "model.safetensors").keys()
     assert not any("_orig_mod" in k for k in keys)  # the export is a plain transformers model
+
+
+def test_the_trained_model_is_prepared_with_the_memory_and_attention_settings(registry):
+    """What the CLI tests above cannot see: the settings reach the model (and its frozen
+    references)."""
+    from moxin_core.models import resolve_model
+    from moxin_core.module import MoxinModule
+    from moxin_core.objectives.lm import CausalLM
+
+    ref = resolve_model(registry, "moxin-nano")
+    hp = HyperParameters(activation_checkpointing=True, attention="eager")
+    module = MoxinModule(ref.family.build(ref.preset.config), CausalLM(), hp)
+    module.add_frozen_model("reference")
+    module._prepare_model()
+    assert module.model.is_gradient_checkpointing
+    assert module.model.config._attn_implementation == "eager"
+    assert module.frozen["reference"].config._attn_implementation == "eager"
+    ref = resolve_model(registry, "moxin-nano")  # a fresh config: the kernel is set on it
+    plain = MoxinModule(ref.family.build(ref.preset.config), CausalLM(), HyperParameters())
+    plain._prepare_model()
+    assert not plain.model.is_gradient_checkpointing
+    assert plain.model.config._attn_implementation == "sdpa"  # auto on the CPU

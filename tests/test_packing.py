@@ -146,9 +146,18 @@ def test_chunked_logits_give_the_same_loss_and_gradients_without_the_full_logits
     assert numel == 16, numel  # chunked: never more than 16 tokens' logits at a time
 
 
-def test_logits_chunk_is_checked():
+def test_logits_chunk_is_checked(registry):
+    from moxin_core.models import resolve_model
+
     with pytest.raises(MoxinError, match="logits_chunk must be a whole number"):
         CausalLM(logits_chunk=-1)
+    ref = resolve_model(registry, "moxin-nano")
+    model = ref.family.build(ref.preset.config)
+    model.config.logit_scale = 0.5  # a model that scales its logits (Cohere's way)
+    ids = torch.randint(3, 100, (1, 8))
+    with pytest.raises(MoxinError, match="no bias, scaling or soft-capping"):
+        CausalLM(logits_chunk=4).loss(model, {"input_ids": ids, "labels": ids,
+                                              "position_ids": torch.arange(8)[None]})
 
 
 def test_the_attention_kernel_is_chosen_by_device():

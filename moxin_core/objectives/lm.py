@@ -114,10 +114,17 @@ def chunked_causal_lm_loss(model: torch.nn.Module, input_ids: torch.Tensor,
     from torch.utils.checkpoint import checkpoint
 
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    if head is None or getattr(head, "bias", None) is not None or getattr(
-            model.config, "final_logit_softcapping", None):
-        raise MoxinError(f"lm: logits_chunk needs a plain output projection; "
-                         f"{type(model).__name__} has none (set logits_chunk to 0).")
+    config = getattr(model, "config", None)
+    scaled = any(getattr(config, name, None) not in (None, 1, 1.0) for name in
+                 ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+    if head is None or getattr(head, "bias", None) is not None or scaled:
+        raise MoxinError(f"logits_chunk needs a plain output projection (no bias, scaling or "
+                         f"soft-capping of the logits); {type(model).__name__} has another "
+                         "(set logits_chunk to 0).")
+    if type(head.weight).__name__ == "DTensor":
+        # the decoder is called directly, which skips the sharded root's forward hooks
+        raise MoxinError("logits_chunk does not work with a sharded model (strategy fsdp) yet; "
+                         "set logits_chunk to 0 there.")
     hidden = decoder(input_ids=input_ids, position_ids=position_ids,
                      use_cache=False).last_hidden_state
     shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]

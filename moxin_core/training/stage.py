@@ -372,8 +372,6 @@ def _start_manifest(stage_dir: Path, variant_name: str, stage: Stage, init: str,
         "data": {"fingerprint": datamodule.mixture.fingerprint(),
                  "sources": [s.source.describe() for s in datamodule.mixture.sources]},
         "hparams": dataclasses.asdict(stage.hparams),
-        # rank 0's process, the whole stage (training, export and evaluators)
-        "peak_memory": peak_memory(),
     }
 
 
@@ -423,6 +421,8 @@ def _fit(trainer: pl.Trainer, module: Any, datamodule: Any, ckpt_path: Path | No
         warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
         # frozen helper models (a DPO reference) are in eval mode on purpose
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()  # the manifest's peak is this stage's
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:
@@ -498,6 +498,7 @@ def _manifest(result: StageResult, variant_name: str, stage: Stage, init: str,
         "checkpoint_sha256": sha256_file(stage_dir / "hf" / "model.safetensors")
         if (stage_dir / "hf" / "model.safetensors").exists() else None,
         "hparams": dataclasses.asdict(stage.hparams),
-        # rank 0's process, the whole stage (training, export and evaluators)
+        # rank 0's process: GPU peaks since this stage's fit started (training, export and
+        # evaluators); the host RSS is the process's peak so far, earlier stages included
         "peak_memory": peak_memory(),
     }
