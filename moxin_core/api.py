@@ -7,7 +7,7 @@ first use, so ``from moxin_core.api import hookimpl`` in a plugin's entry module
 * hooks: ``hookimpl``, ``hookspec``, ``Registry``, ``get_plugin_manager``
 * errors: ``MoxinError``, ``PluginLoadError``
 * objectives: ``Objective``, ``ObjectiveContext``, ``CausalLM``, ``chunked_causal_lm_loss``,
-  ``IGNORE_INDEX``,
+  ``check_logits_chunk``, ``IGNORE_INDEX``,
   ``sequence_logps``, ``selective_log_softmax``, ``document_position_ids``
 * data: ``DataSource``, ``ORIGIN``, ``select_text``, ``ExampleBuilder``, ``DocumentPacker``,
   ``pack_documents``, ``MoxinDataModule``; the embedded corpus: ``iter_corpus``,
@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "ObjectiveContext": "moxin_core.objectives.context",
     "CausalLM": "moxin_core.objectives.lm",
     "chunked_causal_lm_loss": "moxin_core.objectives.lm",
+    "check_logits_chunk": "moxin_core.objectives.lm",
     "IGNORE_INDEX": "moxin_core.objectives.lm",
     "sequence_logps": "moxin_core.objectives.logprobs",
     "selective_log_softmax": "moxin_core.objectives.logprobs",

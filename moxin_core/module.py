@@ -9,6 +9,7 @@ model in fp32.
 from __future__ import annotations
 
 import copy
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,6 @@ def _grads_finite(model: torch.nn.Module) -> bool:
 
 
 def _has_flex_attention() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 
 
@@ -74,8 +73,6 @@ def choose_attention(requested: str, device_type: str) -> str | None:
                          f"{torch.__version__} has no backward pass for flex attention there. "
                          "Use attention=auto (SDPA on the CPU) or sdpa.")
     if requested == "flash_attention_2":
-        import importlib.util
-
         if importlib.util.find_spec("flash_attn") is None:
             raise MoxinError("attention=flash_attention_2 needs the flash-attn package "
                              "(pip install flash-attn, on a CUDA machine); or use "

@@ -63,10 +63,8 @@ class CausalLM(Objective):
     name = "lm"
 
     def __init__(self, text_field: str = "text", logits_chunk: int = 0) -> None:
-        if not isinstance(logits_chunk, int) or isinstance(logits_chunk, bool) or logits_chunk < 0:
-            raise MoxinError(f"lm: logits_chunk must be a whole number of tokens >= 0 (0: the "
-                             f"whole micro-batch at once), got {logits_chunk!r}.")
-        self.text_field, self.logits_chunk = text_field, logits_chunk
+        self.text_field = text_field
+        self.logits_chunk = check_logits_chunk("lm", logits_chunk)
         self.bos_id: int | None = None
 
     def example_builder(self, tokenizer: Any, seq_len: int) -> TextPacker:
@@ -96,6 +94,14 @@ class CausalLM(Objective):
         out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                     labels=labels, use_cache=False, **extra)
         return out.loss, {}
+
+
+def check_logits_chunk(objective: str, value: Any) -> int:
+    """``value`` as an objective's ``logits_chunk`` option (tokens per chunk, 0 = off)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MoxinError(f"{objective}: logits_chunk must be a whole number of tokens >= 0 (0: "
+                         f"the whole micro-batch at once), got {value!r}.")
+    return value
 
 
 def _chunk_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,

@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from moxin_core.api import (IGNORE_INDEX, MoxinError, Objective, chunked_causal_lm_loss,
-                            document_position_ids)
+from moxin_core.api import (IGNORE_INDEX, MoxinError, Objective, check_logits_chunk,
+                            chunked_causal_lm_loss, document_position_ids)
 
 from moxin_plugin_instruct.chat import check_conversation, origin_of, pad_token_id, render
 
@@ -142,11 +142,8 @@ class SFT(Objective):
                              f"got {reduction!r}.")
         if overlong not in OVERLONG:
             raise MoxinError(f"sft: overlong must be one of {', '.join(OVERLONG)}, got {overlong!r}.")
-        if not isinstance(logits_chunk, int) or isinstance(logits_chunk, bool) or logits_chunk < 0:
-            raise MoxinError(f"sft: logits_chunk must be a whole number of tokens >= 0 (0: the "
-                             f"whole micro-batch at once), got {logits_chunk!r}.")
         self.reduction, self.pack, self.overlong = reduction, pack, overlong
-        self.logits_chunk = logits_chunk
+        self.logits_chunk = check_logits_chunk("sft", logits_chunk)
         self.messages_field = messages_field
         self.pad_id = self.bos_id = 0
         # a summed loss grows with the batch's tokens: moxin train reports it per token too
