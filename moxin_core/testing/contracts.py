@@ -13,7 +13,6 @@ contract that broke and what was seen. Use them from a plain test::
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from moxin_core.data.sources import ORIGIN, DataSource
 from moxin_core.objectives.base import Objective
 from moxin_core.objectives.lm import IGNORE_INDEX
+from moxin_core.reporting import sha256_file
 
 
 class ContractError(AssertionError):
@@ -39,10 +39,10 @@ def file_digests(path: str | Path) -> dict[str, str]:
     ``{".": sha256}`` of the file ``path``; ``{}`` when nothing is there."""
     path = Path(path)
     if path.is_file():
-        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
+        return {".": sha256_file(path)}
     if not path.is_dir():
         return {}
-    return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
+    return {str(f.relative_to(path)): sha256_file(f)
             for f in sorted(path.rglob("*")) if f.is_file()}
 
 

@@ -118,14 +118,14 @@ def moxin_datamodule(moxin_registry: Any, moxin_tokenizer: Any) -> Callable[...,
     over ``data`` (``[DataSpec, ...]`` or ``[{"source": NAME, OPTION: VALUE}]``; default the
     embedded corpus), with the ``moxin_tokenizer`` tokenizer; its ``check_data()`` has run."""
     from moxin_core.training.blocks import build_datamodule
-    from moxin_core.variants import DataSpec
+    from moxin_core.variants import DataSpec, _data_specs
 
     def build(objective: Any, data: list | None = None, seq_len: int = 64,
               micro_batch_size: int = 2, seed: int = 0) -> Any:
-        specs = [d if isinstance(d, DataSpec) else
-                 DataSpec(d["source"], float(d.get("weight", 1.0)),
-                          {k: v for k, v in d.items() if k not in ("source", "weight")})
-                 for d in (data or [{"source": "embedded"}])]
+        data = data or [{"source": "embedded"}]
+        # the `data` entries a stage takes (what --set data=... parses), or DataSpecs as they are
+        specs = data if all(isinstance(d, DataSpec) for d in data) else _data_specs(
+            data, "moxin_datamodule")
         module = build_datamodule(moxin_registry, specs, objective, moxin_tokenizer, seq_len,
                                   micro_batch_size, seed)
         module.check_data()
