@@ -43,6 +43,11 @@ def model_from_state(family: ModelFamily, config: Any, state: dict[str, torch.Te
                      ) -> torch.nn.Module:
     """An unsharded model of ``config`` holding the trained weights of a ``MoxinModule`` state
     dict (keys ``model.*``)."""
+    if any(".lora_A." in key for key in state):
+        raise MoxinError("This checkpoint holds LoRA adapters only (the frozen base is rebuilt "
+                         "from the starting model, not saved with every checkpoint): finish the "
+                         "stage with the same command and --resume, then export its hf/ "
+                         "folder, where the adapters are merged.")
     model = family.build(config)
     model.load_state_dict({k[len(MODULE_PREFIX):]: v for k, v in state.items()
                            if k.startswith(MODULE_PREFIX)})

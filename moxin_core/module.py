@@ -20,6 +20,7 @@ from transformers import get_scheduler
 from moxin_core import distributed
 from moxin_core.errors import MoxinError
 from moxin_core.faults import fault_point
+from moxin_core.lora import AdapterDisabled, apply_lora, lora_settings
 from moxin_core.models.family import ModelFamily
 from moxin_core.objectives.base import Objective
 from moxin_core.objectives.context import ObjectiveContext
@@ -212,11 +213,18 @@ class MoxinModule(pl.LightningModule):
         self._sharded = False  # configure_model sharded the models
         self._prepared = False  # the objective's prepare_model ran
         self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients
+        #: LoRA settings (hparams.lora filled in), None: every weight trains
+        self.lora = lora_settings(self.train_hparams.lora)
+        self._adapter_off: dict[str, AdapterDisabled] = {}  # LoRA references: adapters off
 
     # -- frozen helper models (registered through ObjectiveContext.add_frozen_model)
     def add_frozen_model(self, name: str, model: torch.nn.Module | None = None) -> None:
-        if name in self.frozen or name in self._frozen_recipes:
+        if name in self.frozen or name in self._frozen_recipes or name in self._adapter_off:
             return  # setup runs once per fit; a second fit keeps the first registration
+        if model is None and self.lora is not None:
+            # the starting model is the trained one with its adapters off: no copy needed
+            self._adapter_off[name] = AdapterDisabled(lambda: self.model)
+            return
         if model is None:
             if self.model is not None:
                 # not yet trained (setup precedes checkpoint restore): the starting weights
@@ -230,6 +238,8 @@ class MoxinModule(pl.LightningModule):
         self.frozen[name] = model.eval().requires_grad_(False)
 
     def frozen_model(self, name: str) -> torch.nn.Module:
+        if name in self._adapter_off:
+            return self._adapter_off[name]
         if name not in self.frozen:
             raise MoxinError(f"No frozen model {name!r} is registered (known: "
                              f"{', '.join(self.frozen) or 'none'}); register it with "
@@ -256,6 +266,12 @@ class MoxinModule(pl.LightningModule):
             self._frozen_recipes.clear()
             self._prepare_model()
             return
+        if self.lora is not None:
+            raise MoxinError(f"lora with strategy={self.train_hparams.strategy}: LoRA does not "
+                             "run under a sharding strategy yet (the adapters would not be "
+                             "sharded with the base). Use strategy=ddp (the trainable part is "
+                             "small), lora.quantize=nf4 to fit a larger base, or train without "
+                             "lora.")
         if self.family is None:
             raise MoxinError("Sharding the model needs its family: build the module with "
                              "moxin_core.api.build_module, or pass family=.")
@@ -294,6 +310,8 @@ class MoxinModule(pl.LightningModule):
                                      "has no gradient_checkpointing_enable (a transformers "
                                      "model has); set it to false.")
                 enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.lora is not None:
+                self.model = apply_lora(self.model, self.lora)
             self.objective.prepare_model(self.model)
             if self.train_hparams.compile:
                 self.model.compile()  # in place: parameter names and checkpoints unchanged
@@ -366,9 +384,13 @@ class MoxinModule(pl.LightningModule):
         """Training FLOPs of the last micro-batch, ``6 x trainable parameters x tokens`` (the
         usual estimate, attention left out); Lightning's ``ThroughputMonitor`` turns it into
         FLOP/s and, on GPUs it knows the peak of, MFU."""
-        if not hasattr(self, "_trainable"):
-            self._trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        return 6 * self._trainable * self._batch_tokens
+        if not hasattr(self, "_flops_per_token"):
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            self._flops_per_token = 6 * trainable
+            if self.lora is not None:  # the frozen base: forward and input gradients, 4 x N
+                total = sum(p.numel() for p in self.model.parameters())
+                self._flops_per_token = 4 * total + 2 * trainable
+        return self._flops_per_token * self._batch_tokens
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.train_hparams)
@@ -382,6 +404,11 @@ class MoxinModule(pl.LightningModule):
         prefix = FROZEN + "."
         for key in [k for k in checkpoint.get("state_dict", {}) if k.startswith(prefix)]:
             del checkpoint["state_dict"][key]
+        if self.lora is not None:  # the frozen base is rebuilt too: only the adapters are saved
+            trainable = {"model." + n for n, p in self.model.named_parameters() if p.requires_grad}
+            for key in [k for k in checkpoint.get("state_dict", {})
+                        if k.startswith("model.") and k not in trainable]:
+                del checkpoint["state_dict"][key]
         checkpoint["moxin_tokens_seen"] = distributed.per_rank(self.tokens_seen)
         checkpoint["moxin_skipped_steps"] = self.skipped_steps
         checkpoint["moxin_objective"] = distributed.per_rank(self.objective.state_dict())
@@ -392,6 +419,9 @@ class MoxinModule(pl.LightningModule):
             # strict loading expects every key; the frozen models keep their current weights
             prefix = FROZEN + "."
             state.update({prefix + k: v for k, v in self.frozen.state_dict().items()})
+            if self.lora is not None:  # the frozen base keeps its (starting) weights
+                state.update({"model." + k: v for k, v in self.model.state_dict().items()
+                              if "model." + k not in state})
         self.tokens_seen = distributed.this_rank(checkpoint.get("moxin_tokens_seen", 0))
         self.skipped_steps = int(checkpoint.get("moxin_skipped_steps", 0))
         if "moxin_objective" in checkpoint:

@@ -20,6 +20,48 @@ from moxin_core.errors import MoxinError
 PREVIOUS = "previous"
 #: attention kernels a stage's ``attention`` may name (``auto`` picks one by device)
 ATTENTION_KERNELS = ("auto", "sdpa", "flex_attention", "flash_attention_2", "eager")
+#: every key ``lora`` may set, with its default (``r`` 0: LoRA off)
+LORA_DEFAULTS: dict[str, Any] = {
+    "r": 0,  # adapter rank; 0 trains every weight as usual
+    "alpha": None,  # scale numerator (the update is alpha / r * B A); None: 2 * r
+    "dropout": 0.0,  # dropout on the adapters' input
+    # peft's "all-linear": every linear layer but the output head; or a list of module names
+    "targets": "all-linear",
+    "quantize": None,  # None, or nf4 / fp4: frozen base weights in 4 bits (QLoRA)
+}
+QUANTIZE = ("nf4", "fp4")
+
+
+def lora_problems(settings: Any) -> list[str]:
+    """What is wrong with a stage's ``lora`` mapping (empty: nothing)."""
+    if not isinstance(settings, dict):
+        return [f"lora must be a mapping such as {{r: 16}}, got {settings!r}"]
+    problems = []
+    unknown = sorted(set(settings) - set(LORA_DEFAULTS))
+    if unknown:
+        problems.append(f"lora has no setting {', '.join(map(str, unknown))} (known: "
+                        f"{', '.join(LORA_DEFAULTS)})")
+    r = settings.get("r", 0)
+    if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+        problems.append(f"lora.r must be an integer >= 0 (0: no LoRA), got {r!r}")
+    alpha = settings.get("alpha")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                              or alpha <= 0):
+        problems.append(f"lora.alpha must be a positive number, got {alpha!r}")
+    dropout = settings.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        problems.append(f"lora.dropout must be in [0, 1), got {dropout!r}")
+    targets = settings.get("targets", "all-linear")
+    if not (targets == "all-linear" or (isinstance(targets, list) and targets
+                                        and all(isinstance(t, str) for t in targets))):
+        problems.append(f"lora.targets must be all-linear or a list of module names such as "
+                        f"[q_proj, v_proj], got {targets!r}")
+    quantize = settings.get("quantize")
+    if quantize is not None and quantize not in QUANTIZE:
+        problems.append(f"lora.quantize must be nf4, fp4 or null, got {quantize!r}")
+    return problems
+
+
 #: ``model: "variant:moxin-tiny-base"`` starts from that variant's final stage in the same ``--out``.
 VARIANT_PREFIX = "variant:"
 
@@ -78,6 +120,10 @@ class HyperParameters:
     #: torch.compile the model being trained (nn.Module.compile: state-dict keys unchanged); the
     #: first steps compile, and tokens/s leaves its 2 warm-up steps out
     compile: bool = False
+    #: LoRA / QLoRA through peft (moxin_core.lora): {r: 16} trains low-rank adapters on every
+    #: linear layer with the rest frozen; also alpha (default 2r), dropout, targets, quantize
+    #: (nf4: QLoRA). {} or r 0: every weight trains. Adapters go to adapter/, merged weights to hf/
+    lora: dict = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         """Reject absurd values before any work starts; ``where`` names the stage."""
@@ -127,6 +173,7 @@ class HyperParameters:
         if not isinstance(self.activation_checkpointing, bool):
             problems.append("activation_checkpointing must be true or false, got "
                             f"{self.activation_checkpointing!r}")
+        problems.extend(lora_problems(self.lora))
         if self.nonfinite not in ("stop", "skip"):
             problems.append(f"nonfinite must be stop or skip, got {self.nonfinite!r}")
         if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
@@ -281,6 +328,8 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
         for stage in targets:
             if name == "devices":  # a count, "auto" or a list: no one type to keep
                 stage.hparams.devices = _coerce(key, raw, None, where)
+            elif name == "lora" or name.startswith("lora."):
+                _set_lora(stage.hparams, key, name, raw, where)
             elif name in _HPARAM_FIELDS:
                 current = getattr(stage.hparams, name)
                 setattr(stage.hparams, name, _coerce(key, raw, current, where))
@@ -320,6 +369,20 @@ def apply_overrides(variant: Variant, overrides: dict[str, Any], where: str) -> 
                     "objective, model, tokenizer, data, evaluators, evaluate_start, "
                     "references.ROLE, objective_options.NAME; prefix with a stage name "
                     f"({', '.join(stage_names)}) to change one stage only.")
+
+
+def _set_lora(hp: HyperParameters, key: str, name: str, raw: Any, where: str) -> None:
+    """``lora={r: 16, ...}`` replaces the mapping; ``lora.r=16`` sets one entry."""
+    if name == "lora":
+        value = parse_value(key, raw, where) if isinstance(raw, str) else raw
+        if value in (None, ""):
+            value = {}
+        if not isinstance(value, dict):
+            raise MoxinError(f"{where}: {key} must be a mapping such as {{r: 16, alpha: 32}}, "
+                             f"got {raw!r}; or set one entry with lora.r=16.")
+        hp.lora = dict(value)
+        return
+    hp.lora = {**hp.lora, name.split(".", 1)[1]: _coerce(key, raw, None, where)}
 
 
 def evaluator_specs(entries: list, where: str) -> list[tuple[str, dict[str, Any]]]:

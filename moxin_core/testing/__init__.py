@@ -27,7 +27,8 @@ naming the broken contract:
 * :func:`check_vision_encoder` (:mod:`moxin_core.testing.vision_encoders`);
 * :func:`check_reward` (:mod:`moxin_core.testing.rewards`);
 * :func:`check_evaluator` (:mod:`moxin_core.testing.evaluators`);
-* :func:`check_model_family` (:mod:`moxin_core.testing.model_families`).
+* :func:`check_model_family` (:mod:`moxin_core.testing.model_families`);
+* :func:`check_lora_stage`, for a stage trained with ``lora`` (:mod:`moxin_core.testing.lora`).
 
 And :func:`subprocess_env` (what the ``moxin_subprocess_env`` fixture returns), for module-level
 helpers that start a ``moxin`` child process.
@@ -37,11 +38,13 @@ from moxin_core.testing.contracts import (ContractError, check_data_source, chec
                                           objective_batch)
 from moxin_core.testing.evaluators import check_evaluator
 from moxin_core.testing.exporters import check_exporter
+from moxin_core.testing.lora import check_lora_stage
 from moxin_core.testing.model_families import check_model_family
 from moxin_core.testing.plugin import DISTRIBUTED_ENV, subprocess_env
 from moxin_core.testing.rewards import check_reward
 from moxin_core.testing.vision_encoders import check_vision_encoder
 
 __all__ = ["DISTRIBUTED_ENV", "ContractError", "check_data_source", "check_evaluator",
-           "check_exporter", "check_model_family", "check_objective", "check_reward",
+           "check_exporter", "check_lora_stage", "check_model_family", "check_objective",
+           "check_reward",
            "check_vision_encoder", "objective_batch", "subprocess_env"]

@@ -38,6 +38,7 @@ from moxin_core.checkpointing import (CheckpointWriteError, FolderCheckpointIO,
                                       checkpoint_hashes, latest_checkpoint)
 from moxin_core.errors import MoxinError
 from moxin_core.export import model_from_state, save_atomically, write_stage_model
+from moxin_core.lora import merged_model, save_adapter
 from moxin_core.models.family import resolve_model
 from moxin_core.mof import write_openness_report
 from moxin_core.module import NonFiniteError
@@ -312,6 +313,9 @@ def _train_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
     stats = datamodule.stats()
     trained = _trained_model(trainer, module, config)
     if writer:
+        if module.lora is not None:  # the adapters, and the model with them merged
+            save_adapter(module.model, stage_dir / "adapter", init)
+            trained = merged_model(module.model, module.lora, module.recipe and module.recipe.build)
         save_atomically(family, trained, processor, stage_dir / "hf", processor_source)
     distributed.barrier()
     evals: dict[str, dict[str, float]] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,35 @@ def test_the_export_carries_its_openness_report(hf_folder, tmp_path):
     assert "| Model parameters (final) | yes | m.gguf |" in (
         tmp_path / "m.gguf.MOF.md").read_text()
     assert out.is_file()
+
+
+def test_a_lora_stage_exports_with_its_adapters_merged(hf_folder, tmp_path):
+    """The GGUF of a LoRA stage runs in llama.cpp with the logits of the starting model with
+    the adapters on (peft, unmerged)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from moxin_core.training.stage import train_variant
+
+    train_variant("moxin-tiny-base", tmp_path / "run", stage="pretrain-128", sets=[
+        f"pretrain-128.model={hf_folder}", "seq_len=32", "micro_batch_size=2", "max_steps=3",
+        "precision=32-true", "warmup_steps=0", "lr=0.02", "lora.r=8"])
+    stage = tmp_path / "run" / "pretrain-128"
+    out = export_gguf(stage, tmp_path / "lora.gguf", outtype="f32", verify=True)
+    tokenizer = AutoTokenizer.from_pretrained(hf_folder)
+    base = AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32)
+    with warnings.catch_warnings():  # peft's own deprecated call into transformers
+        warnings.simplefilter("ignore", FutureWarning)
+        unmerged = PeftModel.from_pretrained(base, stage / "adapter").eval()
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=128, logits_all=True, type_k=0, type_v=0,
+                          verbose=False)
+    ids = [tokenizer.bos_token_id] + tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    with torch.no_grad():
+        want = unmerged(input_ids=torch.tensor([ids])).logits[0].numpy()
+    llm.eval(ids)
+    got = np.array(llm.scores[: len(ids)])
+    llm.close()
+    assert np.abs(want - got).max() <= 1e-3
+    with torch.no_grad(), unmerged.disable_adapter():
+        start = unmerged(input_ids=torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(start - got).max() > 1e-2  # the adapters are in the file

@@ -225,3 +225,22 @@ def test_sigkill_during_the_reference_precompute_then_resume_is_bit_identical(tm
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (sha256_file(tmp_path / "killed" / "dpo" / "hf" / "model.safetensors")
             == sha256_file(tmp_path / "full" / "dpo" / "hf" / "model.safetensors"))
+
+
+def test_sft_then_dpo_with_lora_train_adapters_and_dpo_refers_to_the_adapters_off(tmp_path,
+                                                                                  hf_folder):
+    """LoRA on both objectives: adapters train on a frozen base and merge into hf/; DPO's
+    reference is the policy with its adapters off (no copy), so at step 0 the two agree."""
+    import csv
+
+    from moxin_core.testing import check_lora_stage
+
+    _run(tmp_path, hf_folder, "sft.max_steps=4", "dpo.max_steps=4", "lora.r=8", "lr=0.01",
+         "dpo.objective_options.reference=model")
+    check_lora_stage(tmp_path / "sft", hf_folder)
+    check_lora_stage(tmp_path / "dpo", tmp_path / "sft" / "hf")
+    with open(tmp_path / "dpo" / "metrics.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("train/rewards/margin")]
+    assert float(rows[0]["train/rewards/chosen"]) == 0.0
+    assert float(rows[0]["train/rewards/rejected"]) == 0.0
+    assert any(float(r["train/rewards/margin"]) != 0.0 for r in rows[1:])

@@ -166,3 +166,15 @@ def test_sigkill_mid_grpo_then_resume_is_bit_identical(tmp_path, hf_folder):
                              text=True, env=subprocess_env(), timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sha256_file(out / "grpo" / "hf" / "model.safetensors") == reference
+
+
+def test_grpo_with_lora_trains_adapters_against_the_adapters_off_reference(tmp_path, hf_folder):
+    from moxin_core.testing import check_lora_stage
+
+    train_variant("moxin-tiny-reasoning", tmp_path, stage="grpo",
+                  sets=_sets(hf_folder, "max_steps=3", "lora.r=8", "grpo.lr=0.01",
+                             "grpo.objective_options.beta=0.04"))
+    check_lora_stage(tmp_path / "grpo", hf_folder)
+    rows = _rows(tmp_path / "grpo" / "metrics.csv")
+    # the reference is the starting model: no divergence before the first update, some after
+    assert float(rows[0]["train/kl"]) == 0.0 and float(rows[-1]["train/kl"]) > 0.0
