@@ -11,9 +11,38 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
 
 from moxin_core import distributed
+
+
+def logging_step(step: int, log_every: int, max_steps: int) -> bool:
+    """Whether optimizer step ``step`` (0-based) logs its figures: every ``log_every`` steps and
+    the last. Only these steps turn device tensors into numbers (a host-device sync)."""
+    return (step + 1) % log_every == 0 or step + 1 >= max_steps
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's progress bar showing ``train/loss`` and ``tok/s`` as of the last logging
+    step. Lightning turns every ``prog_bar`` value into a number after each batch (on a GPU, a
+    wait for the device); this bar reads them only at logging steps."""
+
+    SHOWN = ("train/loss", "tok/s")
+
+    def __init__(self) -> None:
+        super().__init__(refresh_rate=1)
+        self._shown: dict[str, float] = {}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not trainer.fit_loop._should_accumulate() and logging_step(
+                trainer.global_step - 1, trainer.log_every_n_steps, trainer.max_steps):
+            metrics = trainer.callback_metrics
+            self._shown = {k: round(float(metrics[k]), 3) for k in self.SHOWN if k in metrics}
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        return {**super().get_metrics(trainer, pl_module), **self._shown}
 
 
 class TokenThroughput(ThroughputMonitor):
@@ -50,6 +79,30 @@ class TokenThroughput(ThroughputMonitor):
         if self._last_end is None:
             self._last_end = time.perf_counter()
 
+    @staticmethod
+    def _waits_for_gpu(trainer: pl.Trainer) -> bool:
+        return trainer.strategy.root_device.type == "cuda"
+
+    @torch.inference_mode()
+    def _update(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                iter_num: int) -> None:
+        """Record one micro-batch. Lightning's monitor waits for the GPU after every
+        micro-batch to time it exactly, which stops the host from queueing the next step's work
+        ahead of the GPU; here it waits only where the figures are logged (the interval between
+        two logging steps is then exact, and so is the rate over it)."""
+        logging = (not trainer.fit_loop._should_accumulate()
+                   and trainer._logger_connector.should_update_logs)
+        if logging and self._waits_for_gpu(trainer):
+            torch.cuda.synchronize()
+        stage = trainer.state.stage
+        self._lengths[stage] += self.length_fn(batch)
+        self._samples[stage] += self.batch_size_fn(batch)
+        self._batches[stage] += 1
+        self._throughputs[stage].update(
+            time=time.perf_counter() - self._t0s[stage], batches=self._batches[stage],
+            samples=self._samples[stage], lengths=self._lengths[stage],
+            flops=pl_module.flops_per_batch if hasattr(pl_module, "flops_per_batch") else None)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -61,7 +114,8 @@ class TokenThroughput(ThroughputMonitor):
             self.seconds += elapsed
         rate = trainer.logged_metrics.get("train/device/items_per_sec")
         if rate is not None:
-            pl_module.log("tok/s", float(rate), prog_bar=True, on_step=True, on_epoch=False)
+            # not prog_bar: Lightning would turn it into a number after every batch
+            pl_module.log("tok/s", float(rate), on_step=True, on_epoch=False)
 
     @property
     def mean_tokens_per_second(self) -> float:
@@ -130,6 +184,8 @@ class MetricsHistory(pl.Callback):
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # not an optimizer step
+        if not logging_step(trainer.global_step - 1, trainer.log_every_n_steps, trainer.max_steps):
+            return  # nothing was logged at this step (see MoxinModule.training_step)
         row = {"step": trainer.global_step - 1}  # the step this batch completed, 0-based
         for key, value in trainer.callback_metrics.items():
             if key.startswith("train/") or key == "tok/s":

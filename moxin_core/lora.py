@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
-import logging
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -22,10 +21,6 @@ import torch
 
 from moxin_core.errors import MoxinError
 from moxin_core.variants import LORA_DEFAULTS
-
-# bitsandbytes (imported by peft and transformers when installed): offline, its CPU backend
-# cannot fetch an optional kernel from the hub and says so at import, then uses its own one
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 def lora_settings(settings: dict[str, Any] | None) -> dict[str, Any] | None:
     """The complete settings (defaults filled in), or None when LoRA is off (``r`` 0)."""

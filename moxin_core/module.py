@@ -18,6 +18,7 @@ import torch
 from transformers import get_scheduler
 
 from moxin_core import distributed
+from moxin_core.callbacks import logging_step
 from moxin_core.errors import MoxinError
 from moxin_core.faults import fault_point
 from moxin_core.lora import AdapterDisabled, apply_lora, lora_settings
@@ -216,6 +217,12 @@ class MoxinModule(pl.LightningModule):
         #: LoRA settings (hparams.lora filled in), None: every weight trains
         self.lora = lora_settings(self.train_hparams.lora)
         self._adapter_off: dict[str, AdapterDisabled] = {}  # LoRA references: adapters off
+        # the non-finite guard on the device (a fused optimizer): flags kept as device tensors
+        # and read at logging steps, so no step waits for the device to answer
+        self._guard_on_device = False
+        self._loss_bad: torch.Tensor | None = None  # this accumulation window's losses
+        self._bad_steps: torch.Tensor | None = None  # optimizer steps skipped so far
+        self._first_bad: torch.Tensor | None = None  # (step, 1 if the loss was bad) of the first
 
     # -- frozen helper models (registered through ObjectiveContext.add_frozen_model)
     def add_frozen_model(self, name: str, model: torch.nn.Module | None = None) -> None:
@@ -331,20 +338,30 @@ class MoxinModule(pl.LightningModule):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
 
+    def _logging_step(self) -> bool:
+        return logging_step(self.global_step, self.train_hparams.log_every,
+                            self.trainer.max_steps if self._trainer else self.global_step + 1)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, metrics = self.objective.loss(self.model, batch)
         if fault_point("loss") == "nan":
             loss = loss * float("nan")
-        if self.train_hparams.nonfinite == "stop" and not torch.isfinite(loss.detach()):
+        if self._guard_on_device:
+            bad = ~torch.isfinite(loss.detach()).reshape(())
+            self._loss_bad = bad if self._loss_bad is None else self._loss_bad | bad
+        elif self.train_hparams.nonfinite == "stop" and not torch.isfinite(loss.detach()):
             raise NonFiniteError(self.global_step, f"loss ({loss.item()})")
         # ``skip``: a non-finite loss makes non-finite gradients; the step is skipped there
         fault_point("micro-batch")  # after the forward pass, before the backward pass
         self._batch_tokens = self.objective.num_tokens(batch)
         self.tokens_seen += self._batch_tokens
+        if not self._logging_step():
+            return loss  # logging turns device tensors into numbers: only every log_every steps
         # on several ranks the logged values are averaged over them: the loss of the global
         # micro-batch (each rank's loss is its share of it, scaled by the world size)
         sync = self.trainer.world_size > 1
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False,
+        # not prog_bar (Lightning reads those after every batch): callbacks.StepProgressBar
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False,
                  sync_dist=sync)
         for name, value in metrics.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False, sync_dist=sync)
@@ -358,6 +375,9 @@ class MoxinModule(pl.LightningModule):
         if fault_point("gradient") == "nan":  # the fault tests poison one gradient
             grad = next(p.grad for p in self.model.parameters() if p.grad is not None)
             grad.view(-1)[0] = float("inf")
+        if self._guard_on_device:
+            self._flag_step_on_device(optimizer)
+            return
         bad = not _grads_finite(self.model)
         if self.trainer.world_size > 1:  # a sharded model's ranks each see a part
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
@@ -365,6 +385,52 @@ class MoxinModule(pl.LightningModule):
             if self.train_hparams.nonfinite == "stop":
                 raise NonFiniteError(self.global_step, "gradient")
             raise _SkipStep
+
+    def _flag_step_on_device(self, optimizer: torch.optim.Optimizer) -> None:
+        """Mark this step non-finite on the device, without waiting for it: the fused AdamW
+        skips a step whose ``found_inf`` is 1 (weights, moments and step count untouched, as
+        PyTorch's gradient scaler uses it); the flags are read at the next logging step."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+        device = grads[0].device if grads else self.device
+        bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads \
+            else torch.zeros((), dtype=torch.bool, device=device)
+        loss_bad = self._loss_bad if self._loss_bad is not None else torch.zeros_like(bad)
+        flags = torch.stack([bad | loss_bad, loss_bad]).float()
+        if self.trainer.world_size > 1:  # a sharded model's ranks each see a part
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        self._loss_bad = None
+        raw = getattr(optimizer, "optimizer", optimizer)  # under a LightningOptimizer
+        raw.found_inf = flags[0]
+        if self._bad_steps is None:
+            self._bad_steps = torch.full((), float(self.skipped_steps), device=flags.device)
+            self._first_bad = torch.tensor([-1.0, 0.0], device=flags.device)
+        self._bad_steps += flags[0]
+        first = torch.tensor([float(self.global_step), 0.0], device=flags.device)
+        first[1] = flags[1]
+        unset = (self._first_bad[0] < 0) & (flags[0] > 0)
+        self._first_bad = torch.where(unset, first, self._first_bad)
+
+    def _read_device_flags(self) -> None:
+        """Read the device's non-finite flags (one sync, at logging steps and checkpoints):
+        ``stop`` raises naming the first bad step, ``skip`` counts the steps skipped."""
+        if self._bad_steps is None:
+            return
+        count = int(self._bad_steps.item())
+        if count <= self.skipped_steps:
+            return
+        if self.train_hparams.nonfinite == "stop":
+            step, loss_bad = (int(v) for v in self._first_bad.tolist())
+            raise NonFiniteError(step, "loss" if loss_bad else "gradient")
+        self.print(f"step {self.global_step}: {count - self.skipped_steps} step(s) with "
+                   f"non-finite gradients skipped ({count} so far)")
+        self.skipped_steps = count
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._guard_on_device and not self.trainer.fit_loop._should_accumulate() \
+                and logging_step(self.global_step - 1, self.train_hparams.log_every,
+                                 self.trainer.max_steps):
+            self._read_device_flags()
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
                        optimizer_closure: Any = None) -> None:
@@ -375,9 +441,11 @@ class MoxinModule(pl.LightningModule):
             self.skipped_steps += 1
             self.print(f"step {self.global_step}: non-finite gradients, step skipped "
                        f"({self.skipped_steps} so far)")
-        if self.train_hparams.nonfinite == "skip":
-            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True,
-                     on_epoch=False)
+        if self.train_hparams.nonfinite == "skip" and logging_step(
+                self.global_step, self.train_hparams.log_every, self.trainer.max_steps):
+            skipped = self._bad_steps if self._guard_on_device and self._bad_steps is not None \
+                else float(self.skipped_steps)
+            self.log("train/skipped_steps", skipped, on_step=True, on_epoch=False)
 
     @property
     def flops_per_batch(self) -> int:
@@ -394,6 +462,10 @@ class MoxinModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.train_hparams)
+        # a fused AdamW can skip a non-finite step on the device; 16-mixed leaves such steps to
+        # its gradient scaler
+        self._guard_on_device = bool(optimizer.defaults.get("fused")) \
+            and self.train_hparams.precision != "16-mixed"
         scheduler = build_scheduler(optimizer, self.train_hparams)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
@@ -401,6 +473,8 @@ class MoxinModule(pl.LightningModule):
     # -- checkpoints: frozen helpers are rebuilt, not saved; objective state and token counts
     # are kept per rank
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._guard_on_device:  # a checkpoint records (and never follows) a bad step
+            self._read_device_flags()
         prefix = FROZEN + "."
         for key in [k for k in checkpoint.get("state_dict", {}) if k.startswith(prefix)]:
             del checkpoint["state_dict"][key]
@@ -424,5 +498,6 @@ class MoxinModule(pl.LightningModule):
                               if "model." + k not in state})
         self.tokens_seen = distributed.this_rank(checkpoint.get("moxin_tokens_seen", 0))
         self.skipped_steps = int(checkpoint.get("moxin_skipped_steps", 0))
+        self._bad_steps = None  # restarted from skipped_steps at the next step
         if "moxin_objective" in checkpoint:
             self.objective.load_state_dict(distributed.this_rank(checkpoint["moxin_objective"]))

@@ -27,13 +27,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from moxin_core import distributed
-from moxin_core.callbacks import (CheckpointOnTerminate, MetricsHistory, RNGState, TokenThroughput,
-                                   kept_random_state)
+from moxin_core.callbacks import (CheckpointOnTerminate, MetricsHistory, RNGState,
+                                   StepProgressBar, TokenThroughput, kept_random_state)
 from moxin_core.checkpointing import (CheckpointWriteError, FolderCheckpointIO,
                                       checkpoint_hashes, latest_checkpoint)
 from moxin_core.errors import MoxinError
@@ -279,10 +279,10 @@ def _train_stage(variant_name: str, stage: Stage, stage_dir: Path, init: str,
                         auto_insert_metric_name=False, every_n_train_steps=hp.checkpoint_every,
                         save_top_k=hp.keep_checkpoints, monitor="step", mode="max",
                         enable_version_counter=False),
-        TQDMProgressBar(refresh_rate=1),
         LearningRateMonitor(logging_interval="step"),
         throughput,
         history,  # after throughput: it records the tok/s just logged
+        StepProgressBar(),  # after throughput too: it shows that tok/s
         RNGState(),
         CheckpointOnTerminate(checkpoint_dir),  # after history: the saved state has this step's row
     ]

@@ -1,0 +1,147 @@
+"""No host-device synchronisation between logging steps (issue 15): a stage turns device tensors
+into Python numbers only every ``log_every`` steps, and the non-finite guard of a fused AdamW
+works on the device (skipping a bad step there) and is read at logging steps.
+
+On the CPU a conversion costs nothing, but it is where a GPU run would wait for the device: the
+tests count them (``aten._local_scalar_dense``, what ``.item()``, ``float()`` and ``bool()`` of a
+tensor call) with a dispatch mode. AdamW is fused here as it is on CUDA (PyTorch has a fused CPU
+kernel too), so the on-device guard runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import moxin_core.module as module_mod
+from moxin_core import faults
+from moxin_core import hookimpl
+from moxin_core.errors import MoxinError
+from moxin_core.training.stage import train_variant
+from tests.conftest import NANO_SETS
+
+STAGE = "pretrain-128"
+CONVERSIONS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default}
+
+
+def _from_transformers_packing_check() -> bool:
+    """transformers asks, at each forward of an uncompiled model given packed position ids,
+    whether the batch holds one sequence per row (``find_packed_sequence_indices``): its own
+    wait, which ``compile: true`` removes (traced, it does not ask). Not counted here."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "find_packed_sequence_indices":
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _CountConversions(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in CONVERSIONS and not _from_transformers_packing_check():
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _PerStep(pl.Callback):
+    """Conversions per optimizer step: from the start of its first micro-batch to the start of
+    the next step's (so the end-of-step work of the module and of Lightning's loggers counts
+    to the step that did it)."""
+
+    def __init__(self, counter: _CountConversions) -> None:
+        self.counter, self.last, self.per_step = counter, None, []
+
+    def _cut(self) -> None:
+        if self.last is not None:
+            self.per_step.append(self.counter.count - self.last)
+        self.last = self.counter.count
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx % trainer.accumulate_grad_batches == 0:
+            self._cut()
+
+    def on_train_end(self, trainer, pl_module):
+        self._cut()
+
+
+@pytest.fixture
+def fused_adamw(monkeypatch):
+    """build_optimizer with the fused kernel, as on CUDA."""
+    def fused(model, hp):
+        return torch.optim.AdamW(module_mod.optimizer_groups(model, hp.weight_decay), lr=hp.lr,
+                                 betas=(hp.adam_beta1, hp.adam_beta2), eps=hp.adam_eps,
+                                 fused=True)
+
+    monkeypatch.setattr(module_mod, "build_optimizer", fused)
+
+
+def _run(out, tokenizer, register, *sets, steps=8):
+    counter = _CountConversions()
+    per_step = _PerStep(counter)
+
+    class Plugin:
+        @hookimpl
+        def moxin_callbacks(self, stage, out_dir):
+            return [per_step]
+
+    with counter:
+        (result,) = train_variant("moxin-tiny-base", out, stage=STAGE, max_steps=steps,
+                                  sets=[*NANO_SETS, f"tokenizer={tokenizer}", *sets],
+                                  registry=register(Plugin()))
+    return result, per_step.per_step
+
+
+def test_steps_between_logging_steps_never_wait_for_the_device(fused_adamw, nano_tokenizer,
+                                                               tmp_path, moxin_register):
+    result, per_step = _run(tmp_path / "a", nano_tokenizer, moxin_register, "log_every=4",
+                            "grad_accum=2", "checkpoint_every=100")
+    assert result.steps == 8 and len(per_step) == 8
+    logging = {3, 7}  # steps 4 and 8 (0-based 3 and 7) log; 8 is also the last
+    assert all(n == 0 for i, n in enumerate(per_step) if i not in logging), per_step
+    assert all(per_step[i] > 0 for i in logging), per_step  # the counter does see them
+    steps = [int(r.split(",")[0]) for r in
+             (tmp_path / "a" / STAGE / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [3, 7]  # metrics.csv has the logged steps
+
+
+def test_without_the_fused_kernel_the_guard_checks_on_the_host_every_step(nano_tokenizer,
+                                                                          tmp_path,
+                                                                          moxin_register):
+    """The CPU default (unfused AdamW): the guard reads each step's flag on the host, which the
+    counter sees; what the test above asserts is not vacuous."""
+    _, per_step = _run(tmp_path / "b", nano_tokenizer, moxin_register, "log_every=4",
+                       "checkpoint_every=100", steps=4)
+    assert all(n > 0 for n in per_step), per_step
+
+
+def test_the_device_guard_skips_a_bad_step_and_counts_it(fused_adamw, nano_tokenizer, tmp_path,
+                                                         moxin_register, monkeypatch):
+    monkeypatch.setattr(faults, "_hits", {})  # hits counted from this run on
+    monkeypatch.setenv("MOXIN_FAULTS", "gradient@3:nan")
+    result, _ = _run(tmp_path / "c", nano_tokenizer, moxin_register, "nonfinite=skip",
+                     "log_every=2", "checkpoint_every=100", steps=6)
+    manifest = json.loads((tmp_path / "c" / STAGE / "manifest.json").read_text())
+    assert manifest["skipped_steps"] == 1
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "c" / STAGE / "hf" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+@pytest.mark.parametrize("fault,what", [("gradient@2:nan", "gradient"), ("loss@2:nan", "loss")])
+def test_the_device_guard_stops_naming_the_first_bad_step(fault, what, fused_adamw,
+                                                          nano_tokenizer, tmp_path,
+                                                          moxin_register, monkeypatch):
+    monkeypatch.setattr(faults, "_hits", {})
+    monkeypatch.setenv("MOXIN_FAULTS", fault)
+    with pytest.raises(MoxinError, match=f"Non-finite {what} at optimizer step 1"):
+        _run(tmp_path / "d", nano_tokenizer, moxin_register, "log_every=3",
+             "checkpoint_every=100", steps=6)
