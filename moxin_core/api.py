@@ -8,7 +8,8 @@ first use, so ``from moxin_core.api import hookimpl`` in a plugin's entry module
 * errors: ``MoxinError``, ``PluginLoadError``
 * objectives: ``Objective``, ``ObjectiveContext``, ``CausalLM``, ``chunked_causal_lm_loss``,
   ``check_logits_chunk``, ``IGNORE_INDEX``,
-  ``sequence_logps``, ``selective_log_softmax``, ``document_position_ids``
+  ``sequence_logps``, ``selective_log_softmax``, ``document_position_ids``,
+  ``ObjectiveFootprint`` (what an objective's ``memory_footprint()`` tells ``moxin plan``)
 * data: ``DataSource``, ``ORIGIN``, ``select_text``, ``ExampleBuilder``, ``DocumentPacker``,
   ``pack_documents``, ``MoxinDataModule``; the embedded corpus: ``iter_corpus``,
   ``arithmetic_problem``, ``NAMES``, ``ITEMS``, ``DAYS``
@@ -44,6 +45,7 @@ _EXPORTS: dict[str, str] = {
     "sequence_logps": "moxin_core.objectives.logprobs",
     "selective_log_softmax": "moxin_core.objectives.logprobs",
     "document_position_ids": "moxin_core.data.packing",
+    "ObjectiveFootprint": "moxin_core.planning.footprints",
     "DocumentPacker": "moxin_core.data.packing",
     "ExampleBuilder": "moxin_core.data.packing",
     "pack_documents": "moxin_core.data.packing",

@@ -7,6 +7,7 @@ from moxin_core.commands.export import ExportCommand
 from moxin_core.commands.generate import ChatCommand, GenerateCommand
 from moxin_core.commands.listing import ModelsCommand, PluginsCommand, VariantsCommand
 from moxin_core.commands.new_plugin import NewPluginCommand
+from moxin_core.commands.plan import PlanCommand
 from moxin_core.commands.reproduce import ReproduceCommand
 from moxin_core.commands.tokenizer import TokenizerCommand
 from moxin_core.commands.train import TrainCommand
@@ -66,4 +67,4 @@ def moxin_commands():
     return {"plugins": PluginsCommand, "models": ModelsCommand, "variants": VariantsCommand,
             "tokenizer": TokenizerCommand, "train": TrainCommand, "export": ExportCommand,
             "generate": GenerateCommand, "chat": ChatCommand, "demo": DemoCommand,
-            "reproduce": ReproduceCommand, "new-plugin": NewPluginCommand}
+            "reproduce": ReproduceCommand, "new-plugin": NewPluginCommand, "plan": PlanCommand}

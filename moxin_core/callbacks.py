@@ -63,15 +63,15 @@ class TokenThroughput(ThroughputMonitor):
         self.skip = skip
         self.tokens = 0
         self.seconds = 0.0
-        self._num_tokens: Any = None
+        self._module: Any = None
         self._micro_batches = 0
         self._last_end: float | None = None
 
     def _count(self, batch: Any) -> int:
-        return self._num_tokens(batch)
+        return self._module._batch_tokens  # counted by MoxinModule, never from device tensors
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._num_tokens = pl_module.objective.num_tokens
+        self._module = pl_module
         super().setup(trainer, pl_module, stage)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -110,7 +110,7 @@ class TokenThroughput(ThroughputMonitor):
         elapsed, self._last_end = now - (self._last_end or now), now
         self._micro_batches += 1
         if self._micro_batches > self.skip:
-            self.tokens += self._num_tokens(batch)
+            self.tokens += self._count(batch)
             self.seconds += elapsed
         rate = trainer.logged_metrics.get("train/device/items_per_sec")
         if rate is not None:

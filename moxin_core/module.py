@@ -207,7 +207,7 @@ class MoxinModule(pl.LightningModule):
         self.train_hparams = hparams or HyperParameters()
         self.processor, self.registry, self.stage_dir = processor, registry, stage_dir
         self.tokens_seen = 0
-        self._batch_tokens = 0
+        self._batch_tokens = 0  # tokens of the micro-batch being trained
         self.frozen = torch.nn.ModuleDict()
         self._frozen_recipes: dict[str, ModelRecipe] = {}
         self._context: ObjectiveContext | None = None
@@ -342,6 +342,16 @@ class MoxinModule(pl.LightningModule):
         return logging_step(self.global_step, self.train_hparams.log_every,
                             self.trainer.max_steps if self._trainer else self.global_step + 1)
 
+    def _counted_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """The batch's tokens, as a MoxinDataModule counted them on the CPU before the batch
+        moved to the device; else (a plain DataLoader, GRPO) asked of the objective now."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        counted = getattr(datamodule, "batch_tokens", None)
+        if counted is None or self.objective.tokens_after_loss:
+            return self.objective.num_tokens(batch)
+        datamodule.batch_tokens = None
+        return counted
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, metrics = self.objective.loss(self.model, batch)
         if fault_point("loss") == "nan":
@@ -353,7 +363,7 @@ class MoxinModule(pl.LightningModule):
             raise NonFiniteError(self.global_step, f"loss ({loss.item()})")
         # ``skip``: a non-finite loss makes non-finite gradients; the step is skipped there
         fault_point("micro-batch")  # after the forward pass, before the backward pass
-        self._batch_tokens = self.objective.num_tokens(batch)
+        self._batch_tokens = self._counted_tokens(batch)
         self.tokens_seen += self._batch_tokens
         if not self._logging_step():
             return loss  # logging turns device tensors into numbers: only every log_every steps

@@ -121,6 +121,8 @@ ELSEWHERE = {
     "benchmarks/eval_throughput.py": "plugins/moxin-plugin-lmeval/tests/test_eval_benchmark.py",
     "benchmarks/vlm_throughput.py": "plugins/moxin-plugin-vlm/tests/test_vlm_benchmark.py",
     "benchmarks/gpu_throughput.py": f"{_BENCH}::test_gpu_throughput_benchmark_runs_on_the_cpu",
+    "benchmarks/memory_plan.py":
+        "tests/test_plan.py::test_memory_benchmark_script_prints_planned_against_measured",
 }
 
 

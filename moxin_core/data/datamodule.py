@@ -58,6 +58,9 @@ class MoxinDataModule(pl.LightningDataModule):
                  validate_records: int = 64) -> None:
         super().__init__()
         self.mixture, self.objective, self.processor = mixture, objective, processor
+        #: tokens of the batch last handed to the trainer (None: not counted yet, or counted
+        #: after the loss); MoxinModule takes it (and clears it) in its training step
+        self.batch_tokens: int | None = None
         self.seq_len, self.micro_batch_size = seq_len, micro_batch_size
         self.sharding, self.workers = sharding, workers
         self.validate_records = validate_records
@@ -132,6 +135,9 @@ class MoxinDataModule(pl.LightningDataModule):
             return batch  # not from this module's loader
         self._states[batch["stream"]] = batch["state"]
         self._next = (batch["stream"] + 1) % max(self.workers, 1)
+        if not getattr(self.objective, "tokens_after_loss", False):
+            # counted here, on the CPU: on a GPU, counting the moved batch would wait for it
+            self.batch_tokens = self.objective.num_tokens(batch["batch"])
         return batch["batch"]
 
     # -- checkpoints

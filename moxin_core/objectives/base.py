@@ -39,6 +39,10 @@ class Objective(ABC):
     #: between repeats too: the data position records which repeat comes next.
     batch_repeats: int = 1
 
+    #: ``num_tokens`` is asked after ``loss`` instead of on the collated batch (GRPO: the
+    #: completions it counts are generated inside ``loss``)
+    tokens_after_loss: bool = False
+
     @abstractmethod
     def example_builder(self, processor: Any, seq_len: int) -> ExampleBuilder:
         """A stateful builder turning records into examples of at most ``seq_len`` tokens
@@ -54,7 +58,10 @@ class Objective(ABC):
         """Scalar loss for one micro-batch, and metrics (detached scalars) to log."""
 
     def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        """Tokens processed by the model in ``batch`` (for tokens/s)."""
+        """Tokens processed by the model in ``batch`` (for tokens/s). ``MoxinDataModule`` asks
+        on the batch as collated, on the CPU before it moves to the device, so counting never
+        waits for the device (``MoxinModule`` asks after ``loss`` when ``tokens_after_loss``
+        is set)."""
         return int(batch["input_ids"].numel())
 
     def setup(self, context: ObjectiveContext) -> None:

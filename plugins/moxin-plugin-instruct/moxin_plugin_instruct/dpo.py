@@ -46,7 +46,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from moxin_core.api import MoxinError, Objective, ObjectiveContext, fault_point, sequence_logps
+from moxin_core.api import (MoxinError, Objective, ObjectiveContext, ObjectiveFootprint,
+                            fault_point, sequence_logps)
 
 from moxin_plugin_instruct.chat import check_conversation, origin_of, pad_token_id, render
 
@@ -229,11 +230,27 @@ class DPO(Objective):
             input_ids[i, : len(ids)] = torch.tensor(ids)
             attention[i, : len(ids)] = 1
             completion[i, : len(ids)] = torch.tensor(mask)
+        # checked here, on the CPU (in the loss it would wait for the device at every step)
+        if bool((completion.sum(1) == 0).any()):
+            raise MoxinError("dpo: a reply without tokens was built; this is a bug in the pair "
+                             "builder (please report it).")
+        # the keys stay a list on the host: the reference log-probs are looked up by them
         return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion,
-                "pair_keys": torch.tensor([e["key"] for e in examples], dtype=torch.long)}
+                "pair_keys": [int(e["key"]) for e in examples]}
 
     def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())
+
+    def memory_footprint(self) -> ObjectiveFootprint:
+        """What a DPO step adds for ``moxin plan``: two sequences per pair, and with
+        ``reference: model`` a frozen copy run in every step."""
+        model = self.reference == "model"
+        return ObjectiveFootprint(
+            rows_per_example=2, reference_models=int(model), logits_path="log-probs",
+            note="dpo: chosen and rejected replies (2 sequences per pair); " + (
+                "reference=model: a frozen copy of the model runs in every step" if model else
+                "reference=precomputed: the reference runs once before training, not in the "
+                "step"))
 
     # -- reference
     def setup(self, context: ObjectiveContext) -> None:
@@ -279,14 +296,14 @@ class DPO(Objective):
                              "are computed when the fit starts); in a bare loop use "
                              "reference='model'.")
         rows = []
-        for key in batch["pair_keys"].tolist():
+        for key in batch["pair_keys"]:
             if key not in self._cache:
                 raise MoxinError("dpo: a training pair has no precomputed reference log-probs "
                                  f"(cache {self._cache_path()}); the data or max_steps changed "
                                  "since they were computed. Delete the file to recompute it.")
             rows.append(self._cache[key])
         # rows: (chosen sum, chosen count, rejected sum, rejected count); chosen first, as in batches
-        stored = torch.stack(rows).to(batch["input_ids"].device)
+        stored = torch.stack(rows).to(batch["input_ids"].device, non_blocking=True)
         return self._per_sequence(torch.cat([stored[:, 0], stored[:, 2]]),
                                   torch.cat([stored[:, 1], stored[:, 3]]))
 
@@ -351,13 +368,14 @@ class DPO(Objective):
                   tqdm(total=context.training_micro_batches, desc="Reference log-probs",
                        unit="batch", disable=not context.is_rank_zero) as bar):
                 for _ in range(context.training_micro_batches):
-                    batch = {k: v.to(device) for k, v in next(batches).items()}
+                    batch = {k: v.to(device) if torch.is_tensor(v) else v
+                             for k, v in next(batches).items()}
                     total, count = sequence_logps(model, batch["input_ids"],
                                                   batch["attention_mask"], batch["completion_mask"])
-                    n = batch["pair_keys"].shape[0]
+                    n = len(batch["pair_keys"])
                     rows.append(torch.stack([total[:n], count[:n], total[n:], count[n:]], 1)
                                 .float().cpu())
-                    keys.append(batch["pair_keys"].cpu())
+                    keys.append(torch.tensor(batch["pair_keys"], dtype=torch.long))
                     bar.update(1)
                     fault_point("dpo-reference")  # the fault tests stop a run here
         finally:
@@ -369,10 +387,7 @@ class DPO(Objective):
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         policy, counts = self.sequence_scores(model, batch)
         reference = self._reference_logps(batch)
-        pairs = batch["pair_keys"].shape[0]
-        if bool((counts == 0).any()):
-            raise MoxinError("dpo: a reply without tokens reached the loss; this is a bug in the "
-                             "pair builder (please report it).")
+        pairs = len(batch["pair_keys"])  # no reply is empty: collate checked
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:], self.beta,
             self.loss_type, self.label_smoothing)

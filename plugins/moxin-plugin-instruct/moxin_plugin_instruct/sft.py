@@ -156,7 +156,12 @@ class SFT(Objective):
                                    self.overlong)
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        return pad_examples(examples, self.pad_id, self.bos_id)
+        batch = pad_examples(examples, self.pad_id, self.bos_id)
+        # checked here, on the CPU (in the loss it would wait for the device at every step)
+        if not bool((batch["labels"][:, 1:] != IGNORE_INDEX).any()):
+            raise MoxinError("sft: a micro-batch without assistant tokens was built; this is a "
+                             "bug in the example builder (please report it).")
+        return batch
 
     def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["lengths"].sum())  # padding is not counted
@@ -164,10 +169,7 @@ class SFT(Objective):
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = batch["labels"]
-        count = (labels[:, 1:] != IGNORE_INDEX).sum()
-        if count == 0:
-            raise MoxinError("sft: a micro-batch without assistant tokens reached the loss; this "
-                             "is a bug in the example builder (please report it).")
+        count = (labels[:, 1:] != IGNORE_INDEX).sum()  # never 0: collate checked
         # transformers divides the summed cross-entropy by num_items_in_batch when it is given;
         # for "mean" across ranks: each rank divides by the global count over the world size
         # (DDP/FSDP average the gradients), the gradient of the mean over every rank's tokens

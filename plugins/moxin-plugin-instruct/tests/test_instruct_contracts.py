@@ -52,3 +52,21 @@ def test_sft_with_chunked_logits_gives_the_same_loss_and_gradients(reduction, mo
         torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
     check_objective(lambda: SFT(reduction=reduction, logits_chunk=20), moxin_tiny_model,
                     moxin_tokenizer, records, seq_len=128)
+
+
+def test_sft_refuses_a_batch_without_assistant_tokens_when_collating(moxin_registry,
+                                                                     moxin_tokenizer):
+    """Checked on the CPU when the batch is built, not in the loss (which would wait for the
+    device at every step)."""
+    from moxin_core.errors import MoxinError
+    from moxin_plugin_instruct.sft import IGNORE_INDEX
+
+    objective = SFT()
+    source = moxin_registry.get("data_sources", "embedded_instructions")(num_examples=20)
+    builder = objective.example_builder(moxin_tokenizer, 128)
+    examples = [e for r, _ in islice(source.iter_from(None), 8) for e in builder.feed(r)][:2]
+    assert objective.collate(examples)["labels"].ne(IGNORE_INDEX).any()
+    for example in examples:
+        example["labels"] = [IGNORE_INDEX] * len(example["labels"])
+    with pytest.raises(MoxinError, match="without assistant tokens"):
+        objective.collate(examples)

@@ -63,7 +63,7 @@ def test_sft_then_dpo_write_their_stage_folders(instruct_run):
         with torch.no_grad():
             total, count = sequence_logps(start, batch["input_ids"], batch["attention_mask"],
                                           batch["completion_mask"])
-        for i, key in enumerate(batch["pair_keys"].tolist()):
+        for i, key in enumerate(batch["pair_keys"]):
             expected = torch.stack([total[i], count[i], total[i + 2], count[i + 2]])
             torch.testing.assert_close(cached[key], expected, atol=1e-4, rtol=1e-5)
 

@@ -45,8 +45,8 @@ from typing import Any
 
 import torch
 
-from moxin_core.api import (ORIGIN, MoxinError, Objective, fault_point, reply_stop_ids,
-                            selective_log_softmax)
+from moxin_core.api import (ORIGIN, MoxinError, Objective, ObjectiveFootprint, fault_point,
+                            reply_stop_ids, selective_log_softmax)
 
 from moxin_plugin_reasoning.generation import Completions, SamplingParams, build_generator, pad_id
 from moxin_plugin_reasoning.problems import INSTRUCTION
@@ -281,6 +281,7 @@ class GRPO(Objective):
     """
 
     name = "grpo"
+    tokens_after_loss = True  # the completions counted are generated inside loss
 
     def __init__(self, num_generations: int = 8, temperature: float = 0.6, top_p: float = 1.0,
                  top_k: int = 0, max_new_tokens: int = 256,
@@ -370,6 +371,17 @@ class GRPO(Objective):
 
     def num_tokens(self, batch: dict[str, Any]) -> int:
         return self._tokens
+
+    def memory_footprint(self) -> ObjectiveFootprint:
+        """What a GRPO step adds for ``moxin plan``: its completions per prompt, and a frozen
+        reference for the KL term when ``beta`` is not 0."""
+        return ObjectiveFootprint(
+            rows_per_example=self.num_generations, reference_models=int(self.beta != 0),
+            logits_path="log-probs",
+            note=f"grpo: {self.num_generations} completions per prompt of up to seq_len "
+                 "tokens; the generation before the loss (its KV cache) needs far less than "
+                 "the training step" + ("; beta != 0: a frozen reference for the KL term"
+                                        if self.beta else ""))
 
     def state_dict(self) -> dict[str, Any]:
         return {"rollouts_made": self._rollouts_made,
