@@ -1,6 +1,7 @@
 """``moxin train`` against a bare PyTorch loop on one GPU: tokens/s, MFU and peak memory.
 
 Run:  .venv/bin/python benchmarks/gpu_throughput.py [--device cuda|cpu] [--size 1.2b|tiny]
+                                                   [--paths bare moxin compile lora]
                                                    [--steps N] [--repeats N] [--json PATH]
 
 The model is Mistral-shaped; ``1.2b`` is the configuration of the GPU-performance issue (hidden
@@ -16,8 +17,14 @@ weights, saved once to a model folder.
 * **moxin**: ``moxin train moxin-tiny-base --stage pretrain-128`` in-process with
   ``--set pretrain-128.model=FOLDER seq_len=... micro_batch_size=... precision=...`` and the
   stage defaults (``attention=auto``: flex attention with the packed-document block mask on
-  CUDA); its figure is the stage's own tokens/s (data loading, logging and the progress bar
-  included, the first 2 steps excluded).
+  CUDA), 2 data-loader workers and logging every 10 steps; its figure is the stage's own
+  tokens/s (data loading, logging and the progress bar included, the first 2 steps excluded).
+* **compile**: the same with ``compile=true`` (the compilation falls in the excluded warm-up
+  steps only partly: run enough ``--steps``).
+* **lora**: LoRA (r 16) SFT of the full ``moxin-7b`` configuration (random weights; the
+  embedded tokenizer's 2,048-token vocabulary, so 7.9 B parameters) on the embedded
+  instructions, micro-batch 4 x 2048 in bf16-mixed, for a few steps: its tokens/s and peak
+  memory (on the CPU the tiny model stands in). Run once, not interleaved.
 
 MFU = FLOP/s / the measured matmul peak of the device (best of square GEMMs in the run's dtype).
 FLOPs per token: 6 x matmul parameters + 12 x layers x seq_len x attention width (PaLM, the
@@ -61,13 +68,17 @@ SIZES = {  # hidden, layers, heads, kv heads, intermediate, vocab, batch, seq_le
 }
 
 
-def model_folder(size: str, root: Path, tokenizer: Path) -> Path:
+def _config(size: str) -> "MistralConfig":  # noqa: F821
     from transformers import MistralConfig
 
     spec = {k: v for k, v in SIZES[size].items() if k not in ("batch", "seq_len", "precision")}
-    config = MistralConfig(**spec, max_position_embeddings=4096, sliding_window=None,
-                           rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-                           bos_token_id=1, eos_token_id=2)
+    return MistralConfig(**spec, max_position_embeddings=4096, sliding_window=None,
+                         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=2)
+
+
+def model_folder(size: str, root: Path, tokenizer: Path) -> Path:
+    config = _config(size)
     family = CausalLMFamily()
     torch.manual_seed(0)
     return family.save(family.build(config), load_tokenizer(tokenizer), root / f"model-{size}",
@@ -122,7 +133,33 @@ def settings(folder: Path, tokenizer: Path, size: str, device: str) -> list[str]
     return [f"pretrain-128.model={folder}", f"tokenizer={tokenizer}",
             f"seq_len={spec['seq_len']}", f"micro_batch_size={spec['batch']}",
             f"precision={spec['precision']}", f"accelerator={'gpu' if device == 'cuda' else 'cpu'}",
-            "devices=1", "checkpoint_every=100000", "log_every=10", "warmup_steps=2"]
+            "devices=1", "checkpoint_every=100000", "log_every=10", "warmup_steps=2",
+            "data_workers=2"]
+
+
+def lora_run(folder: Path, tokenizer: Path, size: str, device: str, steps: int,
+             out: Path) -> dict:
+    """LoRA SFT of ``moxin-7b`` (``tiny``: the benchmark's own tiny model) for ``steps``."""
+    big = size != "tiny"
+    sets = [f"sft.model={'moxin-7b' if big else folder}", f"tokenizer={tokenizer}",
+            "sft.data=[{source: embedded_instructions, num_examples: 2000}]",
+            f"seq_len={2048 if big else 256}", f"micro_batch_size={4 if big else 2}",
+            f"precision={'bf16-mixed' if big else '32-true'}", "lora.r=16", "sft.evaluators=[]",
+            f"accelerator={'gpu' if device == 'cuda' else 'cpu'}", "devices=1",
+            "checkpoint_every=100000", "log_every=1", "warmup_steps=0", "data_workers=2"]
+    _release(device)
+    log = out.with_suffix(".log")
+    with open(log, "w") as stream, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+        warnings.simplefilter("ignore")
+        result = train_variant("moxin-tiny-instruct", out, stage="sft", max_steps=steps,
+                               sets=sets)[0]
+    manifest = json.loads((out / "sft" / "manifest.json").read_text())
+    shutil.rmtree(out)
+    return {"model": "moxin-7b" if big else "tiny", "steps": result.steps,
+            "tokens_per_second": result.tokens_per_second, "first_loss": result.first_loss,
+            "last_loss": result.last_loss,
+            "peak_memory_bytes": manifest["peak_memory"].get("gpu_max_allocated_bytes")}
 
 
 def bare_run(sets: list[str], steps: int, device: str) -> dict:
@@ -192,6 +229,8 @@ def main() -> None:
     ap.add_argument("--size", choices=list(SIZES), help="default: 1.2b on cuda, tiny on cpu")
     ap.add_argument("--steps", type=int, help="steps per run (default 30 on cuda, 8 on cpu)")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds")
+    ap.add_argument("--paths", nargs="+", choices=["bare", "moxin", "compile", "lora"],
+                    help="what to run (default: all on cuda; bare and moxin on cpu)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     device = args.device
@@ -207,18 +246,29 @@ def main() -> None:
         folder = model_folder(size, root, tokenizer)
         sets = settings(folder, tokenizer, size, device)
         peak = matmul_peak(device, dtype)
-        runs: dict[str, list[dict]] = {"bare": [], "moxin": []}
+        paths = args.paths or (["bare", "moxin", "compile", "lora"] if device == "cuda"
+                               else ["bare", "moxin"])
+        runs: dict[str, list[dict]] = {p: [] for p in paths if p != "lora"}
         for round_ in range(args.repeats):
-            runs["bare"].append(bare_run(sets, steps, device))
-            runs["moxin"].append(moxin_run(sets, steps, root / f"moxin-{round_}", device))
-            print(f"round {round_ + 1}: bare {runs['bare'][-1]['tokens_per_second']:,.0f}, "
-                  f"moxin {runs['moxin'][-1]['tokens_per_second']:,.0f} tokens/s", flush=True)
+            for path in runs:
+                if path == "bare":
+                    runs[path].append(bare_run(sets, steps, device))
+                else:
+                    extra = ["compile=true"] if path == "compile" else []
+                    runs[path].append(moxin_run(sets + extra, steps,
+                                                root / f"{path}-{round_}", device))
+            print(f"round {round_ + 1}: " + ", ".join(
+                f"{p} {rows[-1]['tokens_per_second']:,.0f}" for p, rows in runs.items())
+                + " tokens/s", flush=True)
+        lora = lora_run(folder, tokenizer, size, device, min(steps, 6), root / "lora") \
+            if "lora" in paths else None
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    flops = runs["bare"][0]["flops_per_token"]
+    with torch.device("meta"):  # the shape only
+        flops = flops_per_token(CausalLMFamily().build(_config(size)), SIZES[size]["seq_len"])
     name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
     report = {"device": name, "size": size, "steps": steps, "matmul_peak_flops": peak,
-              "flops_per_token": flops, "runs": runs}
+              "flops_per_token": flops, "runs": runs, "lora": lora}
     print(f"\n{name}, {size} model, {SIZES[size]['batch']} x {SIZES[size]['seq_len']} tokens, "
           f"{SIZES[size]['precision']}, {steps} steps x {args.repeats} rounds; matmul peak "
           f"{peak / 1e12:.1f} TFLOP/s")
@@ -230,8 +280,15 @@ def main() -> None:
         report[f"{path}_median"] = rate
         report[f"{path}_mfu"] = rate * flops / peak
         print(f"| {path} | {rate:,.0f} | {rate * flops / peak:.1%} | {shown} |")
-    report["ratio"] = report["moxin_median"] / report["bare_median"]
-    print(f"moxin/bare = {report['ratio']:.3f}")
+    if "moxin" in runs and "bare" in runs:
+        report["ratio"] = report["moxin_median"] / report["bare_median"]
+        print(f"moxin/bare = {report['ratio']:.3f}")
+    if lora is not None:
+        memory = lora["peak_memory_bytes"]
+        print(f"LoRA r=16 SFT of {lora['model']}: {lora['steps']} steps, "
+              f"{lora['tokens_per_second']:,.0f} tokens/s, loss {lora['first_loss']:.3f} -> "
+              f"{lora['last_loss']:.3f}, peak memory "
+              + (f"{memory / 2**30:.1f} GiB" if memory else "n/a (CPU)"))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 

@@ -17,9 +17,10 @@ from moxin_core import distributed
 
 
 def logging_step(step: int, log_every: int, max_steps: int) -> bool:
-    """Whether optimizer step ``step`` (0-based) logs its figures: every ``log_every`` steps and
-    the last. Only these steps turn device tensors into numbers (a host-device sync)."""
-    return (step + 1) % log_every == 0 or step + 1 >= max_steps
+    """Whether optimizer step ``step`` (0-based) logs its figures: the first (the starting
+    loss), every ``log_every``-th and the last. Only these steps turn device tensors into
+    numbers (a host-device sync)."""
+    return step == 0 or (step + 1) % log_every == 0 or step + 1 >= max_steps
 
 
 class StepProgressBar(TQDMProgressBar):

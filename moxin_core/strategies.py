@@ -68,7 +68,13 @@ class FSDP2Strategy(ModelParallelStrategy):
 
 
 def build_strategy(name: str) -> str | Strategy:
-    """The Lightning strategy for a stage's ``strategy`` setting."""
+    """The Lightning strategy for a stage's ``strategy`` setting. ``ddp`` keeps the gradients
+    in DDP's all-reduce buckets (``gradient_as_bucket_view``) instead of in a second buffer of
+    the same size."""
+    if name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(gradient_as_bucket_view=True)
     return FSDP2Strategy() if name in SHARDED else name
 
 

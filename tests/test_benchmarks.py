@@ -74,3 +74,23 @@ def test_gpu_throughput_benchmark_runs_on_the_cpu(tmp_path):
     assert 0 < data["bare_mfu"] < 1 and 0 < data["moxin_mfu"] < 1
     assert data["ratio"] == pytest.approx(data["moxin_median"] / data["bare_median"])
     assert "| bare |" in result.stdout and "moxin/bare =" in result.stdout
+
+
+@pytest.mark.slow
+def test_gpu_throughput_compile_and_lora_paths_run_on_the_cpu(tmp_path):
+    """The GPU benchmark's other paths (compile=true; LoRA SFT, tiny in place of moxin-7b)."""
+    report = tmp_path / "gpu.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu_throughput.py", "--device", "cpu", "--steps", "4",
+         "--repeats", "1", "--paths", "moxin", "compile", "lora", "--json", str(report)],
+        capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(report.read_text())
+    assert set(data["runs"]) == {"moxin", "compile"} and "ratio" not in data
+    compiled, eager = data["runs"]["compile"][0], data["runs"]["moxin"][0]
+    assert compiled["tokens_per_second"] > 0
+    assert compiled["first_loss"] == pytest.approx(eager["first_loss"], abs=1e-3)
+    lora = data["lora"]
+    assert lora["model"] == "tiny" and lora["steps"] == 4
+    assert lora["last_loss"] < lora["first_loss"]
+    assert "LoRA r=16 SFT of tiny: 4 steps" in result.stdout

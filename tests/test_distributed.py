@@ -205,3 +205,16 @@ def test_shutdown_leaves_the_process_group(tmp_path):
     assert distributed.initialized()
     distributed.shutdown()
     assert not distributed.initialized()
+
+
+def test_ddp_keeps_gradients_in_its_buckets():
+    """moxin's ``ddp``: gradients are views into DDP's all-reduce buckets, not a second copy
+    (``moxin plan`` counts no bucket buffer)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from moxin_core.strategies import build_strategy
+
+    strategy = build_strategy("ddp")
+    assert isinstance(strategy, DDPStrategy)
+    assert strategy._ddp_kwargs == {"gradient_as_bucket_view": True}
+    assert build_strategy("auto") == "auto"

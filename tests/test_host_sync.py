@@ -114,12 +114,12 @@ def test_steps_between_logging_steps_never_wait_for_the_device(fused_adamw, nano
     result, per_step = _run(tmp_path / "a", nano_tokenizer, moxin_register, "log_every=4",
                             "grad_accum=2", "checkpoint_every=100")
     assert result.steps == 8 and len(per_step) == 8
-    logging = {3, 7}  # steps 4 and 8 (0-based 3 and 7) log; 8 is also the last
+    logging = {0, 3, 7}  # the first, steps 4 and 8 (0-based 3 and 7); 8 is also the last
     assert all(n == 0 for i, n in enumerate(per_step) if i not in logging), per_step
     assert all(per_step[i] > 0 for i in logging), per_step  # the counter does see them
     steps = [int(r.split(",")[0]) for r in
              (tmp_path / "a" / STAGE / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == [3, 7]  # metrics.csv has the logged steps
+    assert steps == [0, 3, 7]  # metrics.csv has the logged steps
 
 
 @pytest.mark.parametrize("stage,options", [
@@ -135,7 +135,7 @@ def test_sft_and_dpo_steps_between_logging_steps_never_wait_either(
                             "log_every=3", "checkpoint_every=100", f"{stage}.evaluators=[]",
                             *options, steps=6, variant="moxin-tiny-instruct", stage=stage)
     assert result.steps == 6 and len(per_step) == 6
-    assert all(n == 0 for i, n in enumerate(per_step) if i not in (2, 5)), per_step
+    assert all(n == 0 for i, n in enumerate(per_step) if i not in (0, 2, 5)), per_step
 
 
 def test_without_the_fused_kernel_the_guard_checks_on_the_host_every_step(nano_tokenizer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
@@ -57,7 +58,9 @@ class CausalLM(Objective):
     ``logits_chunk`` tokens at a time, recomputing each chunk's logits in the backward pass, so
     the full ``tokens x vocabulary`` logits (and their fp32 copy) are never held at once: at a
     micro-batch of 8 x 2048 tokens and a 32 k vocabulary those are 2 GB in bf16 plus 4 GB in fp32.
-    The loss and gradients equal the unchunked ones up to float summation order.
+    The loss and gradients equal the unchunked ones up to float summation order. On a CUDA GPU
+    with liger-kernel installed its fused linear + cross-entropy kernel does the same (its own
+    chunking) instead.
     """
 
     name = "lm"
@@ -111,6 +114,17 @@ def _chunk_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
                                              reduction="sum")
 
 
+def _liger_linear_cross_entropy(device: torch.device) -> Any:
+    """liger-kernel's fused linear + cross-entropy (summed, ``IGNORE_INDEX`` ignored) when it is
+    installed and the model is on a CUDA GPU (its Triton kernels need one); else None, and the
+    chunked implementation below runs."""
+    if device.type != "cuda" or importlib.util.find_spec("liger_kernel") is None:
+        return None
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
+
+
 def chunked_causal_lm_loss(model: torch.nn.Module, input_ids: torch.Tensor,
                            position_ids: torch.Tensor | None, labels: torch.Tensor, chunk: int,
                            num_items: torch.Tensor | None = None) -> torch.Tensor:
@@ -135,6 +149,11 @@ def chunked_causal_lm_loss(model: torch.nn.Module, input_ids: torch.Tensor,
                      use_cache=False).last_hidden_state
     shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
     hidden, shifted = hidden.reshape(-1, hidden.shape[-1]), shifted.reshape(-1).to(hidden.device)
+    fused = _liger_linear_cross_entropy(hidden.device)
+    if fused is not None:  # liger-kernel's fused kernel: the same sum, chunked on the GPU
+        total = fused(head.weight, hidden, shifted).float()
+        count = num_items if num_items is not None else (shifted != IGNORE_INDEX).sum()
+        return total / count
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk):
         piece = slice(start, start + chunk)  # (a chunk with no label adds 0: no host sync)

@@ -204,7 +204,8 @@ class StepSetup:
 class Strategy:
     """How the step is distributed over ``gpus`` GPUs.
 
-    ``ddp``: every GPU holds everything (DDP adds a gradient-sized bucket buffer on 2+ GPUs);
+    ``ddp``: every GPU holds everything (moxin's DDP keeps gradients in its all-reduce buckets,
+    no second buffer);
     ``fsdp``: FSDP2 shards weights, gradients and optimizer state over the GPUs; ``lora``:
     every GPU holds the frozen base and trains adapters of rank ``lora_rank`` (DDP over them).
     """
@@ -333,8 +334,8 @@ def estimate_memory(shape: ModelShape, setup: StepSetup, strategy: Strategy) -> 
         gradients = math.ceil(shape.parameters / shard) * p.weight
         optimizer = math.ceil(shape.parameters / shard) * 2 * p.weight
         references = setup.reference_models * math.ceil(shape.parameters / shard) * p.weight
-    # torch DDP copies gradients into bucket buffers of their own size for the all-reduce
-    buckets = gradients if strategy.kind != "fsdp" and strategy.gpus > 1 else 0
+    # (no DDP bucket buffer: moxin's DDP keeps the gradients in its all-reduce buckets,
+    # gradient_as_bucket_view; torch's default would copy them into a second buffer)
     # FSDP2 gathers the root's weights (embedding, head) for the whole step, and a layer's
     # while it runs plus the next one prefetched
     gathered = (p.weight * (shape.root_params + 2 * shape.layer_params)
@@ -350,13 +351,12 @@ def estimate_memory(shape: ModelShape, setup: StepSetup, strategy: Strategy) -> 
     activations = activation_bytes(shape, setup, lora, ac)
     logits = logits_bytes(shape, setup, lora)
     held = gradients if setup.grad_accum > 1 else 0
-    start = MemoryEstimate(stored + references + gathered + cast, held + buckets, optimizer,
+    start = MemoryEstimate(stored + references + gathered + cast, held, optimizer,
                            activations, logits, "start of backward",
                            {"stored weights": stored, "reference models": references,
-                            "FSDP gathered weights": gathered, "autocast weight copies": cast,
-                            "DDP buckets": buckets})
-    end = MemoryEstimate(stored + references + gathered, gradients + buckets, optimizer,
+                            "FSDP gathered weights": gathered, "autocast weight copies": cast})
+    end = MemoryEstimate(stored + references + gathered, gradients, optimizer,
                          layer_activation_bytes(shape, setup, lora), 0, "end of backward",
                          {"stored weights": stored, "reference models": references,
-                          "FSDP gathered weights": gathered, "DDP buckets": buckets})
+                          "FSDP gathered weights": gathered})
     return start if start.peak >= end.peak else end

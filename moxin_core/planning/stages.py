@@ -294,9 +294,6 @@ def _stage_notes(plan: StagePlan, setup: StepSetup, whole: bool, lora: dict[str,
         notes.append(f"{setup.precision}: autocast keeps a 16-bit copy of every linear weight "
                      f"for the backward pass, {copies:.1f} GiB per GPU without activation "
                      "checkpointing; it is not sharded under FSDP")
-    if plan.gpus > 1:
-        notes.append("DDP (and LoRA over DDP) on 2+ GPUs: a bucket buffer as large as the "
-                     "trained gradients (torch DDP's default, gradient_as_bucket_view=False)")
     if setup.logits_chunk:
         notes.append(f"logits_chunk={setup.logits_chunk}: FSDP rows are planned without it "
                      "(the chunked loss does not take a sharded model); the table after the "
