@@ -88,9 +88,16 @@ def apply_lora(model: torch.nn.Module, settings: dict[str, Any]) -> torch.nn.Mod
     return wrapped
 
 
-def is_lora(model: Any) -> bool:
-    """Whether ``model`` carries peft adapters."""
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+def check_only_adapters_train(model: torch.nn.Module, objective: str) -> None:
+    """Refuse an objective that chose its own trainable weights (``prepare_model``) on top of
+    the adapters: LoRA's promise, a frozen base, would silently not hold."""
+    extra = [name for name, p in model.named_parameters()
+             if p.requires_grad and "lora_" not in name]
+    if extra:
+        raise MoxinError(f"lora: objective {objective!r} makes weights of the base train too "
+                         f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}), so the "
+                         "base would not stay frozen; train this objective without lora "
+                         "(lora.r=0).")
 
 
 class AdapterDisabled(torch.nn.Module):

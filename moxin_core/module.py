@@ -21,7 +21,8 @@ from moxin_core import distributed
 from moxin_core.callbacks import logging_step
 from moxin_core.errors import MoxinError
 from moxin_core.faults import fault_point
-from moxin_core.lora import AdapterDisabled, apply_lora, lora_settings
+from moxin_core.lora import (AdapterDisabled, apply_lora, check_only_adapters_train,
+                             lora_settings)
 from moxin_core.models.family import ModelFamily
 from moxin_core.objectives.base import Objective
 from moxin_core.objectives.context import ObjectiveContext
@@ -320,6 +321,8 @@ class MoxinModule(pl.LightningModule):
             if self.lora is not None:
                 self.model = apply_lora(self.model, self.lora)
             self.objective.prepare_model(self.model)
+            if self.lora is not None:
+                check_only_adapters_train(self.model, self.objective.name)
             if self.train_hparams.compile:
                 self.model.compile()  # in place: parameter names and checkpoints unchanged
                 decoder = getattr(self.model, "get_decoder", None)

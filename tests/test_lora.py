@@ -179,3 +179,28 @@ def test_lora_under_fsdp_and_an_unfinished_lora_export_say_what_to_do(nano_token
     assert killed.returncode == -signal.SIGKILL
     export = run_cli("export", str(tmp_path / "b" / STAGE), "--out", str(tmp_path / "x"))
     assert_clean_error(export, "LoRA adapters only", "--resume")
+
+
+def test_an_objective_that_unfreezes_base_weights_is_refused_under_lora(start_folder):
+    """LoRA promises a frozen base; an objective choosing its own trainable weights in
+    prepare_model (the VLM objective does) would break that silently: an error instead."""
+    from moxin_core.api import Registry, build_module
+    from moxin_core.models.loading import load_model
+    from moxin_core.objectives.lm import CausalLM
+    from moxin_core.variants import HyperParameters
+
+    class Unfreezing(CausalLM):
+        name = "unfreezing"
+
+        def prepare_model(self, model):
+            model.get_output_embeddings().requires_grad_(True)
+
+    registry = Registry()
+    _, tokenizer, _ = load_model(start_folder, registry)
+    hp = HyperParameters(seq_len=32, precision="32-true", lora={"r": 4})
+    module = build_module(registry, str(start_folder), Unfreezing(), tokenizer, hp)
+    with pytest.raises(MoxinError, match="'unfreezing' makes weights of the base train too"):
+        module._prepare_model()
+    plain = build_module(registry, str(start_folder), CausalLM(), tokenizer, hp)
+    plain._prepare_model()  # the lm objective leaves the adapters alone: no error
+    assert all("lora_" in n for n, p in plain.model.named_parameters() if p.requires_grad)
