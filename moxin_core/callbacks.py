@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -73,6 +74,10 @@ class TokenThroughput(ThroughputMonitor):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._module = pl_module
+        # the rate window starts where the device was last waited for (a logging step): a
+        # whole number of logging intervals, at least 4 micro-batches
+        span = trainer.log_every_n_steps * trainer.accumulate_grad_batches
+        self.kwargs["window_size"] = span * max(1, math.ceil(4 / span)) + 1
         super().setup(trainer, pl_module, stage)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -91,9 +96,11 @@ class TokenThroughput(ThroughputMonitor):
         micro-batch to time it exactly, which stops the host from queueing the next step's work
         ahead of the GPU; here it waits only where the figures are logged (the interval between
         two logging steps is then exact, and so is the rate over it)."""
-        logging = (not trainer.fit_loop._should_accumulate()
-                   and trainer._logger_connector.should_update_logs)
-        if logging and self._waits_for_gpu(trainer):
+        step_end = not trainer.fit_loop._should_accumulate()
+        logging = step_end and logging_step(trainer.global_step - 1, trainer.log_every_n_steps,
+                                            trainer.max_steps)
+        # and once where the run's own tokens/s starts counting (after the warm-up batches)
+        if (logging or self._micro_batches + 1 == self.skip) and self._waits_for_gpu(trainer):
             torch.cuda.synchronize()
         stage = trainer.state.stage
         self._lengths[stage] += self.length_fn(batch)

@@ -105,7 +105,9 @@ class AdapterDisabled(torch.nn.Module):
     adapters begin at zero and the base never trains): a reference without a copy of weights.
 
     The model is looked up through ``get_model`` at each call and is not a sub-module, so the
-    reference neither owns nor freezes the trained model's weights.
+    reference neither owns nor freezes the trained model's weights. It runs in the trained
+    model's mode (training): with the adapters off their dropout is off too, and moxin's model
+    families have no other dropout.
     """
 
     def __init__(self, get_model: Callable[[], torch.nn.Module]) -> None:

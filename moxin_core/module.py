@@ -59,6 +59,13 @@ def _grads_finite(model: torch.nn.Module) -> bool:
     return bool(torch.isfinite(torch.stack([g.float().abs().sum() for g in grads]).sum()))
 
 
+def _weights_in(param: torch.nn.Parameter) -> int:
+    """The weights a parameter holds (a bitsandbytes 4-bit one packs two per byte)."""
+    state = getattr(param, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else param.numel()
+
+
 def _has_flex_attention() -> bool:
     return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 
@@ -417,10 +424,12 @@ class MoxinModule(pl.LightningModule):
         raw.found_inf = flags[0]
         if self._bad_steps is None:
             self._bad_steps = torch.full((), float(self.skipped_steps), device=flags.device)
-            self._first_bad = torch.tensor([-1.0, 0.0], device=flags.device)
+            self._first_bad = torch.full((2,), -1.0, device=flags.device)
         self._bad_steps += flags[0]
-        first = torch.tensor([float(self.global_step), 0.0], device=flags.device)
-        first[1] = flags[1]
+        # made on the device (a tensor built from Python numbers would be copied there, and a
+        # copy to the GPU waits for it)
+        first = torch.stack([torch.full((), float(self.global_step), device=flags.device),
+                             flags[1]])
         unset = (self._first_bad[0] < 0) & (flags[0] > 0)
         self._first_bad = torch.where(unset, first, self._first_bad)
 
@@ -469,11 +478,17 @@ class MoxinModule(pl.LightningModule):
             trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
             self._flops_per_token = 6 * trainable
             if self.lora is not None:  # the frozen base: forward and input gradients, 4 x N
-                total = sum(p.numel() for p in self.model.parameters())
+                total = sum(_weights_in(p) for p in self.model.parameters())
                 self._flops_per_token = 4 * total + 2 * trainable
         return self._flops_per_token * self._batch_tokens
 
     def configure_optimizers(self) -> dict[str, Any]:
+        if self.lora is not None:
+            # bf16-true has cast the whole module to bf16 by now; the adapters (few weights)
+            # train in fp32, as peft makes them, so small updates are not rounded away
+            for param in self.model.parameters():
+                if param.requires_grad and param.dtype != torch.float32:
+                    param.data = param.data.float()
         optimizer = build_optimizer(self.model, self.train_hparams)
         # a fused AdamW can skip a non-finite step on the device; 16-mixed leaves such steps to
         # its gradient scaler
@@ -506,9 +521,18 @@ class MoxinModule(pl.LightningModule):
             # strict loading expects every key; the frozen models keep their current weights
             prefix = FROZEN + "."
             state.update({prefix + k: v for k, v in self.frozen.state_dict().items()})
-            if self.lora is not None:  # the frozen base keeps its (starting) weights
-                state.update({"model." + k: v for k, v in self.model.state_dict().items()
-                              if "model." + k not in state})
+            if self.lora is not None:
+                # the frozen base is not in the checkpoint and keeps its (starting) weights: load
+                # non-strictly (a 4-bit base's state has keys its own loading does not take),
+                # after checking that every adapter weight is there
+                missing = [n for n, p in self.model.named_parameters()
+                           if p.requires_grad and "model." + n not in state]
+                if missing:
+                    raise MoxinError(f"The checkpoint has no weights for LoRA adapter(s) "
+                                     f"{', '.join(missing[:3])}: it was not written by this "
+                                     "stage's LoRA settings. Resume with the settings it was "
+                                     "written with, or start the stage again.")
+                self.strict_loading = False
         self.tokens_seen = distributed.this_rank(checkpoint.get("moxin_tokens_seen", 0))
         self.skipped_steps = int(checkpoint.get("moxin_skipped_steps", 0))
         self._bad_steps = None  # restarted from skipped_steps at the next step

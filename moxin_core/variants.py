@@ -95,8 +95,9 @@ class HyperParameters:
     grad_clip: float = 1.0
     precision: str = "bf16-mixed"  # 32-true | bf16-mixed | 16-mixed | bf16-true
     seed: int = 0
-    #: log the loss and metrics (metrics.csv, TensorBoard, the progress bar) at the first step,
-    #: every log_every-th and the last: only those steps wait for the device (to read numbers)
+    #: log the loss and metrics (metrics.csv and the progress bar at the first step, every
+    #: log_every-th and the last; TensorBoard and logs/ at every log_every-th): only those steps
+    #: wait for the device (to read numbers)
     log_every: int = 1
     checkpoint_every: int = 50
     keep_checkpoints: int = 2

@@ -171,3 +171,22 @@ def test_the_device_guard_stops_naming_the_first_bad_step(fault, what, fused_ada
     with pytest.raises(MoxinError, match=f"Non-finite {what} at optimizer step 1"):
         _run(tmp_path / "d", nano_tokenizer, moxin_register, "log_every=3",
              "checkpoint_every=100", steps=6)
+
+
+def test_the_throughput_monitor_waits_for_the_gpu_only_at_logging_steps(nano_tokenizer,
+                                                                        tmp_path, monkeypatch,
+                                                                        moxin_register):
+    """Lightning's monitor synchronises the GPU after every micro-batch; moxin's only at the
+    logging steps (and once where its own tokens/s starts counting). The GPU is stood in for:
+    the monitor is told it runs on one, and the synchronisations are counted."""
+    from moxin_core.callbacks import TokenThroughput
+
+    calls = []
+    monkeypatch.setattr(TokenThroughput, "_waits_for_gpu", staticmethod(lambda trainer: True))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: calls.append(1))
+    result, _ = _run(tmp_path / "t", nano_tokenizer, moxin_register, "log_every=4",
+                     "checkpoint_every=100", steps=8)
+    assert result.steps == 8
+    # steps 0, 3 and 7 log; the 2nd micro-batch ends the warm-up: 4, not 8
+    assert len(calls) == 4, len(calls)
+    assert result.tokens_per_second > 0

@@ -169,6 +169,49 @@ def test_sigkill_then_resume_of_a_lora_stage_is_bit_identical(lora_run, nano_tok
         assert sha256_file(out / STAGE / name) == sha256_file(lora_run / STAGE / name), name
 
 
+@pytest.mark.slow
+def test_sigkill_then_resume_of_a_qlora_stage_is_bit_identical(nano_tokenizer, start_folder,
+                                                               tmp_path):
+    """A 4-bit base's state has keys its own loading does not take; the adapter-only
+    checkpoint still resumes, exactly."""
+    sets = (f"{STAGE}.model={start_folder}", "lora.r=8", "lora.quantize=nf4", "lr=0.01",
+            "checkpoint_every=2")
+    whole = _train(tmp_path / "whole", nano_tokenizer, 6, *sets)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = _train(tmp_path / "run", nano_tokenizer, 6, *sets, faults="micro-batch@4")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = _train(tmp_path / "run", nano_tokenizer, 6, *sets, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name in ("hf/model.safetensors", "adapter/adapter_model.safetensors"):
+        assert sha256_file(tmp_path / "run" / STAGE / name) == \
+            sha256_file(tmp_path / "whole" / STAGE / name), name
+
+
+def test_under_bf16_true_the_adapters_train_in_fp32(start_folder):
+    """bf16-true casts the whole module to bf16; the adapters go back to fp32 (with their AdamW
+    state) before the optimizer is built, so small updates are not rounded away."""
+    import lightning.pytorch as pl
+
+    from moxin_core.api import Registry, build_datamodule, build_module, build_objective
+    from moxin_core.models.loading import load_model
+    from moxin_core.variants import HyperParameters
+
+    registry = Registry()
+    _, tokenizer, _ = load_model(start_folder, registry)
+    hp = HyperParameters(max_steps=2, micro_batch_size=2, seq_len=32, lr=0.01,
+                         precision="bf16-true", lora={"r": 4}, warmup_steps=0)
+    objective = build_objective(registry, "lm", {})
+    module = build_module(registry, str(start_folder), objective, tokenizer, hp)
+    data = build_datamodule(registry, [DataSpec("embedded")], objective, tokenizer, 32, 2)
+    pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False,
+               precision="bf16-true").fit(module, datamodule=data)
+    dtypes = {p.dtype for n, p in module.model.named_parameters() if "lora_" in n}
+    base = {p.dtype for n, p in module.model.named_parameters() if "lora_" not in n}
+    assert dtypes == {torch.float32} and base == {torch.bfloat16}
+    assert all(p.abs().max() > 0 for n, p in module.model.named_parameters() if "lora_B" in n)
+
+
 def test_lora_under_fsdp_and_an_unfinished_lora_export_say_what_to_do(nano_tokenizer,
                                                                       tmp_path, start_folder):
     result = _train(tmp_path / "a", nano_tokenizer, 2, f"{STAGE}.model={start_folder}",

@@ -120,6 +120,12 @@ def _liger_linear_cross_entropy(device: torch.device) -> Any:
     chunked implementation below runs."""
     if device.type != "cuda" or importlib.util.find_spec("liger_kernel") is None:
         return None
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    if Version(version("liger-kernel")) < Version("0.5.0"):  # earlier ones always averaged
+        return None
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
