@@ -73,6 +73,35 @@ def lora_run(nano_tokenizer, start_folder, tmp_path_factory) -> Path:
     return out
 
 
+def _lora_module(start_folder: Path, objective=None, **hparams):
+    """A MoxinModule training ``objective`` (default ``lm``) with LoRA from ``start_folder``:
+    (module, the starting model, the tokenizer)."""
+    from moxin_core.api import Registry, build_module, build_objective
+    from moxin_core.models.loading import load_model
+    from moxin_core.variants import HyperParameters
+
+    registry = Registry()
+    start, tokenizer, _ = load_model(start_folder, registry)
+    settings = {"seq_len": 32, "precision": "32-true", "lora": {"r": 4}, **hparams}
+    objective = objective or build_objective(registry, "lm", {})
+    module = build_module(registry, str(start_folder), objective, tokenizer,
+                          HyperParameters(**settings))
+    return module, start, tokenizer
+
+
+def _fit(module, tokenizer, steps: int) -> None:
+    """A real Lightning fit of ``module`` on the embedded corpus, 2 x 32 tokens per step."""
+    import lightning.pytorch as pl
+
+    from moxin_core.api import Registry, build_datamodule
+
+    data = build_datamodule(Registry(), [DataSpec("embedded")], module.objective, tokenizer,
+                            32, 2)
+    pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False,
+               precision=module.train_hparams.precision).fit(module, datamodule=data)
+
+
 def test_a_lora_stage_trains_adapters_on_a_frozen_base_and_merges_them(lora_run, start_folder):
     facts = check_lora_stage(lora_run / STAGE, start_folder)
     config = facts["adapter_config"]
@@ -100,25 +129,11 @@ def test_the_lora_reference_is_the_trained_model_with_its_adapters_off(start_fol
                                                                        nano_tokenizer):
     """No frozen copy: the reference shares the trained model's weights, and gives the starting
     model's outputs whatever the adapters learnt."""
-    import lightning.pytorch as pl
-
-    from moxin_core.api import Registry, build_datamodule, build_module, build_objective
-    from moxin_core.data.datamodule import MoxinDataModule  # noqa: F401
-    from moxin_core.models.loading import load_model
-    from moxin_core.variants import HyperParameters
-
-    registry = Registry()
-    start, tokenizer, _ = load_model(start_folder, registry)
-    hp = HyperParameters(max_steps=3, micro_batch_size=2, seq_len=32, lr=0.05,
-                         precision="32-true", lora={"r": 4}, warmup_steps=0)
-    objective = build_objective(registry, "lm", {})
-    module = build_module(registry, str(start_folder), objective, tokenizer, hp)
+    module, start, tokenizer = _lora_module(start_folder, max_steps=3, micro_batch_size=2,
+                                            lr=0.05, warmup_steps=0)
     module.add_frozen_model("reference")
     assert len(module.frozen) == 0  # nothing copied
-    data = build_datamodule(registry, [DataSpec("embedded")], objective, tokenizer, 32, 2)
-    pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False,
-               precision="32-true").fit(module, datamodule=data)
+    _fit(module, tokenizer, 3)
     reference = module.frozen_model("reference")
     ids = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -134,15 +149,7 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_full_precision(nano_tokeniz
                                                                      start_folder):
     import bitsandbytes as bnb
 
-    from moxin_core.api import Registry, build_module, build_objective
-    from moxin_core.models.loading import load_model
-    from moxin_core.variants import HyperParameters
-
-    registry = Registry()
-    _, tokenizer, _ = load_model(start_folder, registry)
-    hp = HyperParameters(seq_len=32, precision="32-true", lora={"r": 4, "quantize": "nf4"})
-    module = build_module(registry, str(start_folder), build_objective(registry, "lm", {}),
-                          tokenizer, hp)
+    module, _, _ = _lora_module(start_folder, lora={"r": 4, "quantize": "nf4"})
     module._prepare_model()  # what configure_model does when the fit starts
     quantized = [m for m in module.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 7 * 2  # every projection of both decoder layers, not the head
@@ -190,22 +197,9 @@ def test_sigkill_then_resume_of_a_qlora_stage_is_bit_identical(nano_tokenizer, s
 def test_under_bf16_true_the_adapters_train_in_fp32(start_folder):
     """bf16-true casts the whole module to bf16; the adapters go back to fp32 (with their AdamW
     state) before the optimizer is built, so small updates are not rounded away."""
-    import lightning.pytorch as pl
-
-    from moxin_core.api import Registry, build_datamodule, build_module, build_objective
-    from moxin_core.models.loading import load_model
-    from moxin_core.variants import HyperParameters
-
-    registry = Registry()
-    _, tokenizer, _ = load_model(start_folder, registry)
-    hp = HyperParameters(max_steps=2, micro_batch_size=2, seq_len=32, lr=0.01,
-                         precision="bf16-true", lora={"r": 4}, warmup_steps=0)
-    objective = build_objective(registry, "lm", {})
-    module = build_module(registry, str(start_folder), objective, tokenizer, hp)
-    data = build_datamodule(registry, [DataSpec("embedded")], objective, tokenizer, 32, 2)
-    pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False,
-               precision="bf16-true").fit(module, datamodule=data)
+    module, _, tokenizer = _lora_module(start_folder, max_steps=2, micro_batch_size=2,
+                                        lr=0.01, precision="bf16-true", warmup_steps=0)
+    _fit(module, tokenizer, 2)
     dtypes = {p.dtype for n, p in module.model.named_parameters() if "lora_" in n}
     base = {p.dtype for n, p in module.model.named_parameters() if "lora_" not in n}
     assert dtypes == {torch.float32} and base == {torch.bfloat16}
@@ -227,10 +221,7 @@ def test_lora_under_fsdp_and_an_unfinished_lora_export_say_what_to_do(nano_token
 def test_an_objective_that_unfreezes_base_weights_is_refused_under_lora(start_folder):
     """LoRA promises a frozen base; an objective choosing its own trainable weights in
     prepare_model (the VLM objective does) would break that silently: an error instead."""
-    from moxin_core.api import Registry, build_module
-    from moxin_core.models.loading import load_model
     from moxin_core.objectives.lm import CausalLM
-    from moxin_core.variants import HyperParameters
 
     class Unfreezing(CausalLM):
         name = "unfreezing"
@@ -238,12 +229,9 @@ def test_an_objective_that_unfreezes_base_weights_is_refused_under_lora(start_fo
         def prepare_model(self, model):
             model.get_output_embeddings().requires_grad_(True)
 
-    registry = Registry()
-    _, tokenizer, _ = load_model(start_folder, registry)
-    hp = HyperParameters(seq_len=32, precision="32-true", lora={"r": 4})
-    module = build_module(registry, str(start_folder), Unfreezing(), tokenizer, hp)
+    module, _, _ = _lora_module(start_folder, Unfreezing())
     with pytest.raises(MoxinError, match="'unfreezing' makes weights of the base train too"):
         module._prepare_model()
-    plain = build_module(registry, str(start_folder), CausalLM(), tokenizer, hp)
+    plain, _, _ = _lora_module(start_folder, CausalLM())
     plain._prepare_model()  # the lm objective leaves the adapters alone: no error
     assert all("lora_" in n for n, p in plain.model.named_parameters() if p.requires_grad)
