@@ -24,6 +24,13 @@ def logging_step(step: int, log_every: int, max_steps: int) -> bool:
     return step == 0 or (step + 1) % log_every == 0 or step + 1 >= max_steps
 
 
+def logged_step_ended(trainer: pl.Trainer) -> bool:
+    """Whether the micro-batch just trained ended an optimizer step that logs (``logging_step``
+    with the trainer's own ``log_every_n_steps``)."""
+    return not trainer.fit_loop._should_accumulate() and logging_step(
+        trainer.global_step - 1, trainer.log_every_n_steps, trainer.max_steps)
+
+
 class StepProgressBar(TQDMProgressBar):
     """Lightning's progress bar showing ``train/loss`` and ``tok/s`` as of the last logging
     step. Lightning turns every ``prog_bar`` value into a number after each batch (on a GPU, a
@@ -37,8 +44,7 @@ class StepProgressBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not trainer.fit_loop._should_accumulate() and logging_step(
-                trainer.global_step - 1, trainer.log_every_n_steps, trainer.max_steps):
+        if logged_step_ended(trainer):
             metrics = trainer.callback_metrics
             self._shown = {k: round(float(metrics[k]), 3) for k in self.SHOWN if k in metrics}
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -96,11 +102,9 @@ class TokenThroughput(ThroughputMonitor):
         micro-batch to time it exactly, which stops the host from queueing the next step's work
         ahead of the GPU; here it waits only where the figures are logged (the interval between
         two logging steps is then exact, and so is the rate over it)."""
-        step_end = not trainer.fit_loop._should_accumulate()
-        logging = step_end and logging_step(trainer.global_step - 1, trainer.log_every_n_steps,
-                                            trainer.max_steps)
         # and once where the run's own tokens/s starts counting (after the warm-up batches)
-        if (logging or self._micro_batches + 1 == self.skip) and self._waits_for_gpu(trainer):
+        if (logged_step_ended(trainer) or self._micro_batches + 1 == self.skip) \
+                and self._waits_for_gpu(trainer):
             torch.cuda.synchronize()
         stage = trainer.state.stage
         self._lengths[stage] += self.length_fn(batch)
